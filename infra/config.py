@@ -1,0 +1,383 @@
+"""The one typed config tree: pydantic models, YAML presets and dotted CLI overrides.
+
+Every field has a default that runs on a laptop CPU; presets in ``configs/*.yaml`` override them.
+Unknown keys and bad values fail in :func:`load_config` with the dotted field name and what is
+allowed, before Ray, MLflow or any model starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class Strict(BaseModel):
+    """Base for every config node: unknown keys are errors, assignments are re-validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Strict):
+    """The policy network and how it is adapted during RL."""
+
+    kind: Literal["toy2d"] = "toy2d"
+    """Backbone family; image backbones are added by later presets."""
+    hidden_dim: int = Field(128, ge=8, le=8192)
+    """Width of the toy2d MLP."""
+    num_blocks: int = Field(3, ge=1, le=64)
+    """Residual MLP blocks in the toy2d network."""
+    time_embed_dim: int = Field(64, ge=4)
+    """Sinusoidal time-embedding size (before the MLP that lifts it to ``hidden_dim``)."""
+    pref_hidden_dim: int = Field(64, ge=4)
+    """Hidden width of the preference encoder and the slider projector."""
+    lora_rank: int = Field(16, ge=0)
+    """LoRA rank via peft on the backbone's linear layers; 0 trains every backbone weight."""
+    lora_alpha: float = Field(32.0, gt=0)
+    """LoRA scaling numerator (scale = alpha / rank)."""
+    lora_targets: list[str] = Field(default_factory=lambda: ["fc1", "fc2", "in_proj", "out_proj"])
+    """Module names that get LoRA adapters."""
+
+
+class ToyDataConfig(Strict):
+    """The 2-D Gaussian mixture the toy base model is pre-trained on."""
+
+    num_modes: int = Field(8, ge=1)
+    """Modes evenly spaced on a ring."""
+    radius: float = Field(4.0, gt=0)
+    """Ring radius."""
+    mode_std: float = Field(0.3, gt=0)
+    """Standard deviation of each mode."""
+
+
+class PretrainConfig(Strict):
+    """Flow-matching pre-training of the base model (``paretoslider pretrain``)."""
+
+    steps: int = Field(3000, ge=1)
+    batch_size: int = Field(512, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    seed: int = 0
+    data: ToyDataConfig = Field(default_factory=ToyDataConfig)
+    checkpoint: str = "runs/base/toy2d_base.pt"
+    """Where the base model is saved; ``train`` pre-trains it on the fly if it is missing."""
+
+
+class RewardSpec(Strict):
+    """One objective: a reward registered by name plus its arguments."""
+
+    name: str
+    """Registry key of the reward (see ``reward_servers.registry``)."""
+    label: str | None = None
+    """Display name of the objective (defaults to ``name``)."""
+    args: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments for the reward's constructor."""
+
+    @property
+    def display(self) -> str:
+        return self.label or self.name
+
+
+def _default_objectives() -> list[RewardSpec]:
+    return [
+        RewardSpec(name="toy2d_target", label="target_a", args={"target": [4.0, 0.0]}),
+        RewardSpec(name="toy2d_target", label="target_b", args={"target": [0.0, 4.0]}),
+    ]
+
+
+class RewardsConfig(Strict):
+    """The objectives and the Ray Serve deployments that score them."""
+
+    objectives: list[RewardSpec] = Field(default_factory=_default_objectives, min_length=1)
+    """One entry per objective; the preference vector has one weight per entry, in this order."""
+    backend: Literal["serve", "local"] = "serve"
+    """``serve``: Ray Serve deployments called asynchronously; ``local``: in the driver (debug)."""
+    max_batch_size: int = Field(64, ge=1)
+    """``@serve.batch`` maximum batch size (in requests)."""
+    batch_wait_timeout_s: float = Field(0.005, ge=0)
+    """``@serve.batch`` wait for more requests before scoring a partial batch."""
+    num_replicas: int = Field(1, ge=1)
+    max_ongoing_requests: int = Field(64, ge=1)
+    num_cpus: float = Field(0.1, ge=0)
+    """CPUs reserved per reward replica (fractional so a 2-core laptop fits the whole loop)."""
+    num_gpus: float = Field(0.0, ge=0)
+    timeout_s: float = Field(60.0, gt=0)
+    """Per-call timeout; a hung reward server fails the step with an error naming it."""
+    retries: int = Field(2, ge=0)
+    """Retries (with exponential backoff) of a failed scoring call."""
+
+    @model_validator(mode="after")
+    def _unique_labels(self) -> RewardsConfig:
+        labels = [o.display for o in self.objectives]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"objective labels must be unique, got {labels}; set 'label' on each")
+        return self
+
+
+class PreferenceConfig(Strict):
+    """How preference vectors ``w`` are sampled on the simplex (paper: 10% corners + Dirichlet)."""
+
+    slots_per_prompt: int = Field(3, ge=1)
+    """K: preference vectors sampled per prompt each step."""
+    corner_prob: float = Field(0.1, ge=0, le=1)
+    """Two objectives: probability of a one-hot corner (else Dirichlet(alpha))."""
+    vertex_prob: float = Field(0.5, ge=0, le=1)
+    """Three or more objectives: probability of a simplex vertex."""
+    edge_prob: float = Field(0.35, ge=0, le=1)
+    """Three or more objectives: probability of an edge point (Dirichlet on a random pair)."""
+    dirichlet_alpha: float = Field(1.0, gt=0)
+    """Concentration of the Dirichlet draws; the rest (1 - vertex - edge) is interior."""
+    sweep_points: int = Field(11, ge=2)
+    """Points per edge of the evaluation sweep (2 objectives: w1 = 0, 0.1, ..., 1)."""
+
+    @model_validator(mode="after")
+    def _mix_sums(self) -> PreferenceConfig:
+        if self.vertex_prob + self.edge_prob > 1 + 1e-9:
+            raise ValueError(
+                f"vertex_prob + edge_prob must be <= 1 (got {self.vertex_prob} + {self.edge_prob})"
+            )
+        return self
+
+
+class SamplerConfig(Strict):
+    """The rollout sampler."""
+
+    kind: Literal["ode", "sde"] = "ode"
+    """``ode``: Euler ODE (DiffusionNFT); ``sde``: Flow-GRPO SDE with per-step log-probs."""
+    num_steps: int = Field(10, ge=1, le=1000)
+    noise_level: float = Field(0.7, ge=0)
+    """Flow-GRPO ``a`` in ``sigma_t = a sqrt(t / (1 - t))``."""
+
+
+class RolloutConfig(Strict):
+    """Rollout actors and the shape of one step's batch."""
+
+    num_actors: int = Field(1, ge=1)
+    num_cpus_per_actor: float = Field(0.5, ge=0)
+    num_gpus_per_actor: float = Field(0.0, ge=0)
+    prompts_per_step: int = Field(8, ge=1)
+    """Prompts per step (toy2d is unconditional: a prompt is just an index)."""
+    group_size: int = Field(16, ge=2)
+    """G: samples per (prompt, w) group; advantages are normalised inside a group."""
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+
+
+class AlgorithmConfig(Strict):
+    """The multi-objective RL objective."""
+
+    objective: Literal["nft", "grpo"] = "nft"
+    """``nft``: DiffusionNFT (paper default, ODE samples); ``grpo``: Flow-GRPO (needs sde sampler)."""
+    scalarisation: Literal["late", "early"] = "late"
+    """``late``: per-objective group-normalised advantages weighted by w (ParetoSlider);
+    ``early``: reward = fixed weighted sum, normalised once (fixed-weight baselines)."""
+    fixed_preference: list[float] | None = None
+    """Train every sample at this single ``w`` instead of sampling (fixed-weight baselines)."""
+    adv_clip: float = Field(5.0, gt=0)
+    nft_beta: float = Field(0.1, gt=0, le=1)
+    """DiffusionNFT ``beta`` mixing the current and the old velocity."""
+    loss_scale: float = Field(5.0, gt=0)
+    """Paper's policy-loss multiplier (equal to the advantage clip in the reference code)."""
+    kl_coef: float = Field(1e-4, ge=0)
+    """Weight of the KL-like term to the reference (base model, no w)."""
+    grpo_clip: float = Field(1e-4, gt=0)
+    """Flow-GRPO PPO clip range."""
+    train_timesteps: int = Field(4, ge=1)
+    """NFT: noise levels drawn per sample per update; GRPO: SDE steps trained per trajectory."""
+    old_decay_per_step: float = Field(0.001, ge=0, le=1)
+    """Old (sampling) policy: ``old <- d old + (1 - d) theta`` with ``d = min(rate * step, max)``."""
+    old_decay_max: float = Field(0.5, ge=0, le=1)
+    ema_decay: float = Field(0.9, ge=0, lt=1)
+    """EMA of the trained weights, used for evaluation checkpoints."""
+
+
+class LearnerConfig(Strict):
+    """The DeepSpeed learner group."""
+
+    world_size: int = Field(1, ge=1)
+    num_cpus_per_worker: float = Field(0.5, ge=0)
+    num_gpus_per_worker: float = Field(0.0, ge=0)
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    """torch.distributed backend; ``auto`` = nccl with GPUs, gloo without."""
+    zero_stage: int = Field(0, ge=0, le=3)
+    lr: float = Field(3e-4, gt=0)
+    pref_lr_mult: float = Field(10.0, gt=0)
+    """Learning-rate multiplier of the preference modules (they start from ~zero)."""
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    micro_batch_size: int = Field(256, ge=1)
+    """Samples per forward/backward on one worker."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+
+
+class LoopConfig(Strict):
+    """The single-controller training loop."""
+
+    steps: int = Field(300, ge=1)
+    max_staleness: int = Field(1, ge=0)
+    """Rollouts may run this many policy versions ahead of the learner (0 = on-policy, synchronous)."""
+    seed: int = 0
+    log_every: int = Field(1, ge=1)
+    scatter_every: int = Field(100, ge=1)
+    """Log a scatter of samples coloured by w every N steps."""
+    checkpoint_every: int = Field(50, ge=1)
+    eval_samples: int = Field(512, ge=1)
+    """Samples per preference in the final sweep."""
+
+
+class TrackingConfig(Strict):
+    """MLflow tracking."""
+
+    tracking_uri: str | None = None
+    """None: ``$MLFLOW_TRACKING_URI`` or ``sqlite:///mlflow.db`` in the working directory."""
+    experiment: str = "paretoslider"
+    run_name: str | None = None
+
+
+class RayConfig(Strict):
+    """How to reach Ray."""
+
+    address: str | None = None
+    """None starts a local cluster; ``auto`` or ``ray://host:10001`` joins an existing one."""
+    num_cpus: int | None = None
+    """Local cluster only: CPUs to offer (None = all)."""
+    num_gpus: int | None = None
+    """Local cluster only: GPUs to offer (logical GPUs are fine for placement tests)."""
+
+
+class Config(Strict):
+    """The whole job."""
+
+    name: str = "toy2d"
+    run_dir: str = "runs/toy2d"
+    """Checkpoints, the resolved config and the run state live here."""
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    rewards: RewardsConfig = Field(default_factory=RewardsConfig)
+    preferences: PreferenceConfig = Field(default_factory=PreferenceConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
+    learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    loop: LoopConfig = Field(default_factory=LoopConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        if not v or any(c in v for c in "/\\ \t\n"):
+            raise ValueError("must be a non-empty name without slashes or whitespace")
+        return v
+
+    @property
+    def num_objectives(self) -> int:
+        return len(self.rewards.objectives)
+
+    @property
+    def objective_names(self) -> list[str]:
+        return [o.display for o in self.rewards.objectives]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Config:
+        a = self.algorithm
+        if a.objective == "grpo" and self.rollout.sampler.kind != "sde":
+            raise ValueError(
+                "algorithm.objective='grpo' needs rollout.sampler.kind='sde' (per-step log-probs); "
+                f"got rollout.sampler.kind='{self.rollout.sampler.kind}'"
+            )
+        if a.train_timesteps > self.rollout.sampler.num_steps and a.objective == "grpo":
+            raise ValueError(
+                f"algorithm.train_timesteps ({a.train_timesteps}) must be <= "
+                f"rollout.sampler.num_steps ({self.rollout.sampler.num_steps}) for grpo"
+            )
+        if a.fixed_preference is not None:
+            w = a.fixed_preference
+            if len(w) != self.num_objectives:
+                raise ValueError(
+                    f"algorithm.fixed_preference has {len(w)} weights but there are "
+                    f"{self.num_objectives} objectives {self.objective_names}"
+                )
+            if any(x < 0 for x in w) or abs(sum(w) - 1) > 1e-6:
+                raise ValueError(f"algorithm.fixed_preference must be on the simplex (>= 0, sum 1), got {w}")
+        return self
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the field and what is allowed."""
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "literal_error" and "expected" in e.get("ctx", {}):
+            msg = f"must be one of {e['ctx']['expected']}"
+        lines.append(f"  {loc}: {msg} (got {e.get('input')!r})")
+    return "invalid config:\n" + "\n".join(lines)
+
+
+def _parse_value(raw: str) -> Any:
+    """Parse an override's value as YAML, so ``1e-4``, ``true``, ``[1, 2]`` and ``null`` work."""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+def apply_override(tree: dict[str, Any], dotted: str) -> None:
+    """Apply ``a.b.c=value`` to a nested dict in place."""
+    if "=" not in dotted:
+        raise ConfigError(f"override '{dotted}' must look like key.path=value")
+    key, raw = dotted.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override '{dotted}': empty part in key path '{key}'")
+    node = tree
+    for p in parts[:-1]:
+        nxt = node.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"override '{dotted}': '{p}' is a value, not a section")
+        node = nxt
+    node[parts[-1]] = _parse_value(raw)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML preset (or the embedded defaults), apply dotted overrides, validate."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        loaded = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must hold a mapping at the top level")
+        tree = loaded
+    for o in overrides or []:
+        apply_override(tree, o)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err)) from None
+
+
+def dump_config(cfg: Config) -> str:
+    """The resolved config as YAML (saved with every run and logged to MLflow)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def flat_params(cfg: Config) -> dict[str, str]:
+    """The resolved config flattened to dotted keys, for MLflow params."""
+    out: dict[str, str] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            out[prefix] = str(node)[:500]
+
+    walk("", cfg.model_dump(mode="json"))
+    return out
