@@ -73,17 +73,21 @@ class SdeTrajectory:
 
 @torch.no_grad()
 def sde_sample(velocity: VelocityFn, noise: torch.Tensor, w: torch.Tensor | None, num_steps: int,
-               noise_level: float, generator: torch.Generator | None = None) -> SdeTrajectory:
-    """Sample with the Flow-GRPO SDE, recording every state and transition log-prob."""
+               noise_level: float, step_noise: Callable[[], torch.Tensor] | None = None) -> SdeTrajectory:
+    """Sample with the Flow-GRPO SDE, recording every state and transition log-prob.
+
+    ``step_noise()`` returns the standard-normal noise of one step (shape of ``noise``); the default
+    draws from torch's global generator. Rollouts pass one drawing per-group generators.
+    """
     ts = time_grid(num_steps, noise.dtype).to(noise.device)
     t_cap = float(ts[1])
-    x = noise
-    latents, log_probs = [x], []
+    x, latents, log_probs = noise, [noise], []
     for i in range(num_steps):
         t = ts[i].expand(x.shape[0])
         dt = (ts[i + 1] - ts[i]).expand(x.shape[0])
         mean, std = sde_step_mean_std(x, velocity(x, t, w), t, dt, noise_level, t_cap)
-        x = mean + std * torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        eps = step_noise() if step_noise is not None else torch.randn_like(x)
+        x = mean + std * eps
         latents.append(x)
         log_probs.append(gaussian_log_prob(x, mean, std))
     return SdeTrajectory(torch.stack(latents, 1), torch.stack(log_probs, 1), ts)

@@ -45,6 +45,8 @@ class ResidualBlock(nn.Module):
 class Toy2dVelocity(nn.Module):
     """Velocity MLP ``v(x_t, t, w)`` with preference conditioning."""
 
+    sample_shape = (2,)
+
     def __init__(self, num_objectives: int, hidden_dim: int = 128, num_blocks: int = 3,
                  time_embed_dim: int = 64, pref_hidden_dim: int = 64):
         super().__init__()

@@ -1,0 +1,162 @@
+"""The DeepSpeed learner: ``LearnerWorker`` (one rank) and ``LearnerGroup`` (all ranks).
+
+Ranks form one torch.distributed group (gloo on CPU, nccl on GPU) and each wraps the policy in a
+DeepSpeed engine, which all-reduces gradients (ZeRO stage from config). Every rank keeps identical
+copies of the old (sampling) policy and the EMA, updated the same way after each optimizer step.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import ray
+import torch
+
+from infra.config import Config
+from infra.deepspeed_config import deepspeed_config
+from infra.distributed import destroy_process_group, init_process_group, pick_master_address
+from policies.objectives import ema_update, old_policy_decay
+from policies.policy import build_policy
+from policies.train_step import TrainShard, micro_loss
+
+
+class LearnerWorker:
+    """One learner rank (the body of the Ray actor)."""
+
+    def __init__(self, cfg_json: str, base_checkpoint: str, rank: int, world_size: int):
+        self.cfg = Config.model_validate_json(cfg_json)
+        self.base_checkpoint = base_checkpoint
+        self.rank, self.world_size = rank, world_size
+        torch.set_num_threads(max(1, int(os.environ.get("PARETOSLIDER_LEARNER_THREADS", "1"))))
+
+    def master_endpoint(self) -> tuple[str, int]:
+        return pick_master_address()
+
+    def setup(self, master_addr: str, master_port: int) -> None:
+        import deepspeed
+
+        lc = self.cfg.learner
+        init_process_group(self.rank, self.world_size, master_addr, master_port, lc.backend)
+        self.policy = build_policy(self.cfg.model, self.cfg.num_objectives, self.base_checkpoint)
+        optimizer = torch.optim.AdamW(self.policy.param_groups(lc.lr, lc.pref_lr_mult), lr=lc.lr,
+                                      weight_decay=lc.weight_decay)
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=self.policy, optimizer=optimizer,
+            config=deepspeed_config(lc, self.world_size, lc.micro_batch_size))
+        self.old_state = self.policy.trainable_state()
+        self.ema_state = self.policy.trainable_state()
+
+    def train_step(self, shard: TrainShard, step: int, num_micro: int) -> dict[str, float]:
+        """One optimizer step over ``shard`` in ``num_micro`` micro-batches (same count on every rank)."""
+        self.policy.train()
+        totals: dict[str, float] = {}
+        micros = shard.split(num_micro)
+        for i, micro in enumerate(micros):
+            self.engine.set_gradient_accumulation_boundary(i == len(micros) - 1)
+            if len(micro) == 0:
+                # A rank with nothing left must still join the gradient all-reduce.
+                loss, metrics = sum(p.sum() for _, p in self.policy.trainable_named()) * 0.0, {}
+            else:
+                loss, metrics = micro_loss(self.policy, self.old_state, micro, self.cfg.algorithm,
+                                           self.cfg.rollout.sampler)
+            # Micro-batches are weighted by their share of the shard so the step sees the shard mean.
+            self.engine.backward(loss * (len(micro) / max(len(shard), 1)), scale_wrt_gas=False)
+            if i == len(micros) - 1:
+                own_norm = self._grad_norm()
+            self.engine.step()
+            for k, v in metrics.items():
+                totals[k] = totals.get(k, 0.0) + float(v) * len(micro) / max(len(shard), 1)
+        grad_norm = self.engine.get_global_grad_norm()
+        if grad_norm is None or not math.isfinite(float(grad_norm)):
+            grad_norm = own_norm
+        totals["learner/grad_norm"] = float(grad_norm)
+        a = self.cfg.algorithm
+        decay = old_policy_decay(step, a.old_decay_per_step, a.old_decay_max)
+        params = [p for _, p in self.policy.trainable_named()]
+        ema_update(self.old_state.values(), params, decay)
+        ema_update(self.ema_state.values(), params, a.ema_decay)
+        totals["learner/old_decay"] = decay
+        return totals
+
+    def _grad_norm(self) -> float:
+        """Norm of the all-reduced gradients (ZeRO 0; under ZeRO 2/3 DeepSpeed reports its own)."""
+        grads = [p.grad for _, p in self.policy.trainable_named() if p.grad is not None]
+        return float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))) if grads else math.nan
+
+    def sampling_weights(self) -> list[ray.ObjectRef]:
+        """The old (sampling) policy, put once into the object store by this rank."""
+        return [ray.put(self.old_state)]
+
+    def export_state(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Trainable, old and EMA weights (identical on every rank)."""
+        return {"trainable": self.policy.trainable_state(), "old": self.old_state, "ema": self.ema_state}
+
+    def import_state(self, state: dict[str, dict[str, torch.Tensor]]) -> None:
+        self.policy.load_trainable_state(state["trainable"])
+        self.old_state = {k: v.clone() for k, v in state["old"].items()}
+        self.ema_state = {k: v.clone() for k, v in state["ema"].items()}
+
+    def save_optimizer(self, directory: str, tag: str) -> None:
+        """DeepSpeed's own (per-rank, ZeRO-aware) checkpoint of the engine, frozen base excluded."""
+        self.engine.save_checkpoint(directory, tag=tag, save_latest=False, exclude_frozen_parameters=True)
+
+    def load_optimizer(self, directory: str, tag: str) -> None:
+        self.engine.load_checkpoint(directory, tag=tag, load_module_strict=False)
+
+    def shutdown(self) -> None:
+        destroy_process_group()
+
+
+LearnerActor = ray.remote(LearnerWorker)
+
+
+class LearnerGroup:
+    """All learner ranks, driven as one by the single controller."""
+
+    def __init__(self, cfg: Config, base_checkpoint: str, actor_options: list[dict] | None = None):
+        self.cfg = cfg
+        n = cfg.learner.world_size
+        opts = actor_options or [{"num_cpus": cfg.learner.num_cpus_per_worker,
+                                  "num_gpus": cfg.learner.num_gpus_per_worker}] * n
+        cfg_json = cfg.model_dump_json()
+        self.workers = [LearnerActor.options(**opts[r]).remote(cfg_json, base_checkpoint, r, n)
+                        for r in range(n)]
+        addr, port = ray.get(self.workers[0].master_endpoint.remote())
+        ray.get([w.setup.remote(addr, port) for w in self.workers])
+
+    def train_step(self, shard: TrainShard, step: int) -> dict[str, float]:
+        """Split ``shard`` over the ranks, run one optimizer step, average the ranks' metrics."""
+        shards = shard.split(len(self.workers))
+        num_micro = max(1, math.ceil(max(len(s) for s in shards) / self.cfg.learner.micro_batch_size))
+        results = ray.get([w.train_step.remote(s, step, num_micro) for w, s in zip(self.workers, shards)])
+        return {k: sum(r[k] for r in results) / len(results) for k in results[0]}
+
+    def _grad_norm(self) -> float:
+        """Norm of the all-reduced gradients (ZeRO 0; under ZeRO 2/3 DeepSpeed reports its own)."""
+        grads = [p.grad for _, p in self.policy.trainable_named() if p.grad is not None]
+        return float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))) if grads else math.nan
+
+    def sampling_weights(self) -> ray.ObjectRef:
+        return ray.get(self.workers[0].sampling_weights.remote())[0]
+
+    def export_state(self) -> dict:
+        return ray.get(self.workers[0].export_state.remote())
+
+    def import_state(self, state: dict) -> None:
+        ray.get([w.import_state.remote(state) for w in self.workers])
+
+    def save_optimizer(self, directory: Path, tag: str) -> None:
+        ray.get([w.save_optimizer.remote(str(directory), tag) for w in self.workers])
+
+    def load_optimizer(self, directory: Path, tag: str) -> None:
+        ray.get([w.load_optimizer.remote(str(directory), tag) for w in self.workers])
+
+    def shutdown(self) -> None:
+        for w in self.workers:
+            try:
+                ray.get(w.shutdown.remote(), timeout=30)
+            except Exception:  # noqa: BLE001 - a dead rank must not block the others' teardown
+                pass
+            ray.kill(w)

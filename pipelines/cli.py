@@ -1,0 +1,67 @@
+"""The ``paretoslider`` command line."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from infra.config import ConfigError, Config, dump_config, load_config
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="ParetoSlider on Ray: one preference-conditioned model, a slider over rewards.")
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML preset (default: embedded toy2d)")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Dotted override, e.g. learner.lr=1e-4")]
+
+
+def _load(config: Path | None, overrides: list[str] | None, extra: list[str] | None = None) -> Config:
+    try:
+        return load_config(config, (overrides or []) + (extra or []))
+    except ConfigError as err:
+        typer.secho(str(err), fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def train(config: ConfigOpt = None, set_: SetOpt = None,
+          resume: Annotated[bool, typer.Option(help="Continue the run in run_dir from its last checkpoint")] = False,
+          address: Annotated[Optional[str], typer.Option(help="Ray address (auto, ray://host:10001)")] = None,
+          progress: Annotated[bool, typer.Option(help="Show progress bars")] = True) -> None:
+    """Train one preference-conditioned model with multi-objective RL (pre-trains the base if missing)."""
+    cfg = _load(config, set_, [f"ray.address={address}"] if address else None)
+    from pipelines.train import train as run_train
+
+    try:
+        run_train(cfg, resume=resume, progress=progress)
+    except FileExistsError as err:
+        typer.secho(str(err), fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def pretrain(config: ConfigOpt = None, set_: SetOpt = None,
+             out: Annotated[Optional[Path], typer.Option(help="Where to save (default: pretrain.checkpoint)")] = None
+             ) -> None:
+    """Pre-train the base flow-matching model (toy2d: a 2-D Gaussian ring)."""
+    cfg = _load(config, set_)
+    from pipelines.pretrain import pretrain_base
+
+    pretrain_base(cfg, out)
+
+
+@app.command("show-config")
+def show_config(config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Print the resolved config (preset + overrides) as YAML."""
+    typer.echo(dump_config(_load(config, set_)))
+
+
+def main() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""``paretoslider pretrain``: the base model, by plain flow matching (no preference, no RL)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from infra.config import Config
+from policies.policy import build_backbone, save_base
+from policies.toy2d import flow_matching_loss, ring_mixture
+
+
+def pretrain_base(cfg: Config, out: str | Path | None = None, progress: bool = True) -> Path:
+    """Pre-train the toy2d base on the ring mixture and save it to ``pretrain.checkpoint``."""
+    pc = cfg.pretrain
+    path = Path(out or pc.checkpoint)
+    gen = torch.Generator().manual_seed(pc.seed)
+    torch.manual_seed(pc.seed)
+    model = build_backbone(cfg.model, cfg.num_objectives)
+    opt = torch.optim.Adam(model.parameters(), lr=pc.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, pc.steps)
+    d = pc.data
+    start = time.perf_counter()
+    bar = tqdm(range(pc.steps), desc="pretrain", disable=not progress)
+    for i in bar:
+        x0 = ring_mixture(pc.batch_size, d.num_modes, d.radius, d.mode_std, gen)
+        loss = flow_matching_loss(model, x0, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if i % 100 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    save_base(model, cfg.model, path)
+    if progress:
+        print(f"pretrained base in {time.perf_counter() - start:.1f}s -> {path}")
+    return path
+
+
+def ensure_base(cfg: Config, progress: bool = True) -> Path:
+    """The base checkpoint, pre-trained on the fly if it does not exist yet."""
+    path = Path(cfg.pretrain.checkpoint)
+    return path if path.is_file() else pretrain_base(cfg, path, progress)

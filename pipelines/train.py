@@ -1,0 +1,303 @@
+"""``paretoslider train``: the single controller of DESIGN.md section 1.
+
+The driver owns every decision — step counter, which groups to sample, preference draws, staleness,
+checkpoints and the MLflow run — and the workers only compute:
+
+    rollout actors --samples--> reward servers --scores--> driver (advantages) --> learner group
+          ^                                                                             |
+          +------------------------ versioned sampling weights ------------------------+
+
+Rollouts run up to ``loop.max_staleness`` policy versions ahead, so sampling step k+1 overlaps the
+scoring and the update of step k. Each group has a deterministic id ``(epoch, prompt, slot)`` and
+seed; the set of trained ids is checkpointed, so a resumed run trains every group exactly once.
+"""
+
+from __future__ import annotations
+
+import collections
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import ray
+import torch
+from rich.console import Console
+from rich.table import Table
+from tqdm import tqdm
+
+from actors.learner import LearnerGroup
+from actors.rollout_actor import RolloutActor
+from actors.weight_sync import ObjectStoreWeightSync, WeightHandle
+from infra.checkpoint import load_latest_checkpoint, save_checkpoint
+from infra.config import Config, dump_config
+from infra.ray_init import start_ray
+from infra.tracking import Tracker
+from pipelines.evaluate import SweepResult, evaluate_sweep
+from pipelines.pretrain import ensure_base
+from pipelines.plots import sample_scatter
+from policies.batch import GroupSpec, RolloutBatch, concat_batches
+from policies.policy import build_policy
+from policies.preferences import PreferenceMix, group_seed, preference_for_group, simplex_grid
+from policies.train_step import TrainShard, batch_advantages
+from reward_servers.base import RewardInputs
+from reward_servers.client import RewardClient
+
+console = Console()
+
+
+def plan_groups(cfg: Config, step: int) -> list[GroupSpec]:
+    """The groups of ``step``: P prompts x K preference slots, all derived from ids and the seed.
+
+    The toy2d world is unconditional: one epoch is one step and the prompt index is a slot number.
+    """
+    pc = cfg.preferences
+    mix = PreferenceMix(pc.corner_prob, pc.vertex_prob, pc.edge_prob, pc.dirichlet_alpha)
+    groups = []
+    for p in range(cfg.rollout.prompts_per_step):
+        for k in range(pc.slots_per_prompt):
+            seed = group_seed(cfg.loop.seed, step, p, k)
+            if cfg.algorithm.fixed_preference is not None:
+                w = np.asarray(cfg.algorithm.fixed_preference, dtype=np.float64)
+            else:
+                w = preference_for_group(cfg.num_objectives, mix, seed)
+            groups.append(GroupSpec(epoch=step, prompt_idx=p, slot=k, seed=seed,
+                                    preference=tuple(float(x) for x in w)))
+    return groups
+
+
+def preference_buckets(num_objectives: int) -> np.ndarray:
+    """Coarse simplex points used to report rewards per preference bucket."""
+    return simplex_grid(num_objectives, 3)
+
+
+def bucket_name(w: np.ndarray) -> str:
+    return "w=" + "_".join(f"{x:.1f}" for x in w)
+
+
+@dataclass
+class StageClock:
+    """Wall time each stage was busy, for throughput and overlap reporting."""
+
+    busy: dict[str, float] = field(default_factory=lambda: collections.defaultdict(float))
+
+    def add(self, stage: str, seconds: float) -> None:
+        self.busy[stage] += seconds
+
+
+@dataclass
+class LoopState:
+    """Everything the driver needs to resume (saved in every checkpoint)."""
+
+    step: int = 0
+    """Next step to train."""
+    version: int = 0
+    """Policy version of the learner (number of optimizer steps taken)."""
+    consumed: list[tuple[int, int, int]] = field(default_factory=list)
+    """Group ids the learner has trained on, in order."""
+    mlflow_run_id: str | None = None
+
+
+class Trainer:
+    """Wires the roles together for one job; ``run()`` is the training loop."""
+
+    def __init__(self, cfg: Config, resume: bool = False, progress: bool = True):
+        self.cfg, self.progress = cfg, progress
+        self.run_dir = Path(cfg.run_dir)
+        self.state = LoopState()
+        restored = load_latest_checkpoint(self.run_dir) if resume else None
+        if not resume and (self.run_dir / "checkpoints" / "latest.json").exists():
+            raise FileExistsError(
+                f"run_dir '{self.run_dir}' already holds checkpoints: pass --resume to continue it, "
+                "or set run_dir to a new directory")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(dump_config(cfg))
+        self.base_checkpoint = str(ensure_base(cfg, progress))
+
+        start_ray(cfg.ray)
+        self.rewards = RewardClient(cfg.rewards)
+        self.learner = LearnerGroup(cfg, self.base_checkpoint)
+        self.sync = ObjectStoreWeightSync()
+        cfg_json = cfg.model_dump_json()
+        ro = cfg.rollout
+        self.actors = [RolloutActor.options(num_cpus=ro.num_cpus_per_actor, num_gpus=ro.num_gpus_per_actor)
+                       .remote(cfg_json, self.base_checkpoint, i) for i in range(ro.num_actors)]
+        if restored is not None:
+            self._restore(*restored)
+        self.tracker = Tracker.start(cfg, run_id=self.state.mlflow_run_id)
+        self.state.mlflow_run_id = self.tracker.run_id
+        self.handle: WeightHandle = self.sync.publish(self.state.version + 1, self.learner.sampling_weights())
+        self.clock = StageClock()
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    def _restore(self, step: int, blob: dict) -> None:
+        self.state = LoopState(step=int(blob["loop"]["step"]), version=int(blob["loop"]["version"]),
+                               consumed=[tuple(x) for x in blob["loop"]["consumed"].tolist()],
+                               mlflow_run_id=blob["loop"]["mlflow_run_id"] or None)
+        self.learner.load_optimizer(self.run_dir / "checkpoints" / "learner", blob["loop"]["learner_tag"])
+        self.learner.import_state(blob["weights"])
+        console.print(f"resumed from step {self.state.step} (checkpoint {step}), "
+                      f"{len(self.state.consumed)} groups already trained")
+
+    def save(self) -> None:
+        tag = f"step_{self.state.step:08d}"
+        self.learner.save_optimizer(self.run_dir / "checkpoints" / "learner", tag)
+        consumed = torch.tensor(self.state.consumed, dtype=torch.long).reshape(-1, 3)
+        save_checkpoint(self.run_dir, self.state.step, {
+            "loop": {"step": self.state.step, "version": self.state.version, "consumed": consumed,
+                     "mlflow_run_id": self.state.mlflow_run_id or "", "learner_tag": tag},
+            "weights": self.learner.export_state(),
+        })
+
+    # ---- one stage each -------------------------------------------------------------------------
+    def issue_rollouts(self, step: int) -> list[ray.ObjectRef]:
+        """Split the step's groups over the actors; each call carries the newest weight handle."""
+        groups = plan_groups(self.cfg, step)
+        chunks = np.array_split(np.arange(len(groups)), len(self.actors))
+        return [a.generate.remote([groups[i] for i in c], self.handle)
+                for a, c in zip(self.actors, chunks) if len(c)]
+
+    def score(self, batch: RolloutBatch) -> torch.Tensor:
+        t0 = time.perf_counter()
+        scores = self.rewards.submit(RewardInputs(samples=batch.samples_numpy().astype(np.float32),
+                                                  prompts=batch.prompts)).result()
+        self.clock.add("reward", time.perf_counter() - t0)
+        return torch.as_tensor(scores, dtype=torch.float32)
+
+    def train_on(self, batch: RolloutBatch, step: int) -> dict[str, float]:
+        staleness = self.state.version - batch.policy_version
+        if staleness > self.cfg.loop.max_staleness:
+            raise RuntimeError(f"batch of step {step} is {staleness} versions old "
+                               f"(max_staleness={self.cfg.loop.max_staleness})")
+        adv, lam = batch_advantages(batch.rewards, batch.preferences, batch.group_index,
+                                    self.rewards.directions, self.cfg.algorithm.scalarisation)
+        step_seed = group_seed(self.cfg.loop.seed, step, -1, -1) % (2**31)
+        shard = TrainShard(batch.samples, batch.preferences, adv, lam,
+                           sample_seeds=step_seed + torch.arange(len(batch)), seed=step_seed,
+                           trajectory=batch.trajectory)
+        t0 = time.perf_counter()
+        metrics = self.learner.train_step(shard, step)
+        self.clock.add("train", time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        self.state.version += 1
+        self.handle = self.sync.publish(self.state.version + 1, self.learner.sampling_weights())
+        self.clock.add("weight_sync", time.perf_counter() - t0)
+        metrics["loop/staleness"] = float(staleness)
+        return metrics
+
+    def reward_metrics(self, batch: RolloutBatch) -> dict[str, float]:
+        r, w = batch.rewards.numpy(), batch.preferences.numpy()
+        out = {}
+        names = self.cfg.objective_names
+        for m, name in enumerate(names):
+            out[f"reward/{name}"] = float(r[:, m].mean())
+        buckets = preference_buckets(len(names))
+        nearest = np.argmin(((w[:, None, :] - buckets[None]) ** 2).sum(-1), axis=1)
+        for b, bw in enumerate(buckets):
+            sel = nearest == b
+            if sel.any():
+                for m, name in enumerate(names):
+                    out[f"reward_by_pref/{name}/{bucket_name(bw)}"] = float(r[sel, m].mean())
+        return out
+
+    # ---- the loop -------------------------------------------------------------------------------
+    def run(self) -> SweepResult:
+        cfg, st = self.cfg, self.state
+        total = cfg.loop.steps
+        in_flight: collections.deque[tuple[int, list[ray.ObjectRef]]] = collections.deque()
+        next_issue = st.step
+        wall0 = time.perf_counter()
+        samples_done = 0
+        bar = tqdm(total=total, initial=st.step, desc="train", disable=not self.progress)
+        try:
+            while st.step < total:
+                while next_issue < total and len(in_flight) <= cfg.loop.max_staleness:
+                    in_flight.append((next_issue, self.issue_rollouts(next_issue)))
+                    next_issue += 1
+                step, refs = in_flight.popleft()
+                t0 = time.perf_counter()
+                batch = concat_batches(ray.get(refs))
+                self.clock.add("rollout_wait", time.perf_counter() - t0)
+                self.clock.add("rollout", batch.sample_seconds)
+                batch.rewards = self.score(batch)
+                metrics = self.train_on(batch, step)
+                metrics.update(self.reward_metrics(batch))
+                st.consumed.extend(g.gid for g in batch.groups)
+                st.step = step + 1
+                samples_done += len(batch)
+                elapsed = time.perf_counter() - wall0
+                metrics["loop/samples_per_s"] = samples_done / elapsed
+                metrics["loop/policy_version"] = float(st.version)
+                for k, v in self.clock.busy.items():
+                    metrics[f"time/{k}_s"] = v
+                if st.step % cfg.loop.log_every == 0:
+                    self.tracker.log_metrics(metrics, st.step)
+                if st.step % cfg.loop.scatter_every == 0 or st.step == total:
+                    self.tracker.log_figure(sample_scatter(batch, cfg, f"step {st.step}"),
+                                            f"scatter/step_{st.step:06d}.png")
+                if st.step % cfg.loop.checkpoint_every == 0 or st.step == total:
+                    self.save()
+                bar.update(1)
+                bar.set_postfix({n: f"{metrics[f'reward/{n}']:.2f}" for n in cfg.objective_names})
+            bar.close()
+            result = self.final_sweep()
+            self.tracker.end("FINISHED")
+            return result
+        except KeyboardInterrupt:
+            self.tracker.end("KILLED")
+            raise
+        except Exception:
+            self.tracker.end("FAILED")
+            raise
+
+    def final_sweep(self) -> SweepResult:
+        """Sweep the EMA model across the slider, print the table and log it to MLflow."""
+        policy = build_policy(self.cfg.model, self.cfg.num_objectives, self.base_checkpoint).eval()
+        policy.load_trainable_state(self.learner.export_state()["ema"])
+        result = evaluate_sweep(policy, self.cfg, lambda inputs: self.rewards.submit(inputs).result())
+        log_sweep(self.tracker, result, self.state.step)
+        print_sweep(result)
+        return result
+
+    def close(self) -> None:
+        self.learner.shutdown()
+        for a in self.actors:
+            ray.kill(a)
+        self.rewards.close()
+
+
+def log_sweep(tracker: Tracker, result: SweepResult, step: int) -> None:
+    """Sweep table as MLflow metrics + a parquet artifact."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for i, row in enumerate(result.rows()):
+        tracker.log_metrics({f"sweep/{k}": v for k, v in row.items() if k.startswith("r_")}, i)
+    for name, r in zip(result.objective_names, result.base_rewards):
+        tracker.log_metrics({f"sweep/base_r_{name}": float(r)}, step)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "sweep.parquet"
+        pq.write_table(pa.Table.from_pylist(result.rows()), path)
+        tracker.log_artifact(path, "eval")
+
+
+def print_sweep(result: SweepResult) -> None:
+    table = Table(title="mean reward per swept preference (EMA model)")
+    for n in result.objective_names:
+        table.add_column(f"w[{n}]", justify="right")
+    for n in result.objective_names:
+        table.add_column(f"r[{n}]", justify="right")
+    for w, r in zip(result.preferences, result.rewards):
+        table.add_row(*[f"{x:.2f}" for x in w], *[f"{x:.3f}" for x in r])
+    table.add_row(*["base"] * len(result.objective_names), *[f"{x:.3f}" for x in result.base_rewards])
+    console.print(table)
+
+
+def train(cfg: Config, resume: bool = False, progress: bool = True) -> SweepResult:
+    """Run one training job end to end (pre-training the base if needed)."""
+    trainer = Trainer(cfg, resume=resume, progress=progress)
+    try:
+        return trainer.run()
+    finally:
+        trainer.close()

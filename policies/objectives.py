@@ -1,0 +1,139 @@
+"""Multi-objective RL objectives, one small function per equation (see ``shared/seed/paper.md``).
+
+Symbols: ``B`` samples, ``M`` objectives, ``r`` raw rewards ``[B, M]``, ``w`` preferences ``[B, M]``,
+``g`` group index ``[B]`` (a group is one (prompt, w) pair with G samples).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+ADV_EPS = 1e-4
+"""Added to the group std, as in flow_grpo / DiffusionNFT."""
+
+
+def orient_rewards(rewards: torch.Tensor, directions: list[str]) -> torch.Tensor:
+    """Flip objectives declared ``"min"`` so that higher is always better."""
+    sign = torch.tensor([1.0 if d == "max" else -1.0 for d in directions], dtype=rewards.dtype)
+    return rewards * sign
+
+
+def group_normalise(x: torch.Tensor, g: torch.Tensor, eps: float = ADV_EPS) -> torch.Tensor:
+    """``(x - mean_group) / (std_group + eps)`` per column; population std, current batch only."""
+    num_groups = int(g.max()) + 1
+    x2 = x if x.dim() == 2 else x[:, None]
+    counts = torch.zeros(num_groups, dtype=x2.dtype).index_add_(0, g, torch.ones_like(g, dtype=x2.dtype))
+    sums = torch.zeros(num_groups, x2.shape[1], dtype=x2.dtype).index_add_(0, g, x2)
+    mean = sums / counts[:, None]
+    sq = torch.zeros_like(sums).index_add_(0, g, (x2 - mean[g]) ** 2)
+    std = (sq / counts[:, None]).sqrt()
+    out = (x2 - mean[g]) / (std[g] + eps)
+    return out if x.dim() == 2 else out[:, 0]
+
+
+def late_advantages(rewards: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """ParetoSlider's late scalarisation: ``A_m`` normalised per objective inside each group ``[B, M]``.
+    The loss weights them by ``w`` afterwards."""
+    return group_normalise(rewards, g)
+
+
+def early_advantages(rewards: torch.Tensor, w: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Early scalarisation (fixed-weight baselines): normalise ``sum_m w_m r_m`` inside each group ``[B, 1]``."""
+    return group_normalise((rewards * w).sum(dim=1, keepdim=True), g)
+
+
+def advantage_terms(rewards: torch.Tensor, w: torch.Tensor, g: torch.Tensor,
+                    scalarisation: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Advantages ``A [B, K]`` and the weights ``lambda [B, K]`` the loss applies to them.
+
+    late: ``K = M`` and ``lambda = w``; early: ``K = 1`` and ``lambda = 1``.
+    """
+    if scalarisation == "late":
+        return late_advantages(rewards, g), w
+    if scalarisation == "early":
+        return early_advantages(rewards, w, g), torch.ones(w.shape[0], 1, dtype=w.dtype)
+    raise ValueError(f"scalarisation must be one of ['late', 'early'], got {scalarisation!r}")
+
+
+def nft_reward_weight(adv: torch.Tensor, adv_clip: float) -> torch.Tensor:
+    """DiffusionNFT optimality probability ``r = 0.5 + 0.5 clip(A / A_max, -1, 1)``."""
+    return 0.5 + 0.5 * torch.clamp(adv / adv_clip, -1.0, 1.0)
+
+
+def _per_sample_mean(x: torch.Tensor) -> torch.Tensor:
+    return x.flatten(1).mean(dim=1)
+
+
+def nft_x0_losses(x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor, v_theta: torch.Tensor,
+                  v_old: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """DiffusionNFT positive / implicit-negative reconstruction losses ``(L+, L-)``, each ``[B]``.
+
+    ``v+ = beta v_theta + (1 - beta) v_old``, ``v- = (1 + beta) v_old - beta v_theta``,
+    ``x0± = x_t - t v±``, ``L± = mean||x0± - x0||^2 / sg(mean|x0± - x0|)`` (clamped at 1e-5).
+    """
+    t_ = t.view((-1,) + (1,) * (x0.dim() - 1))
+    v_old = v_old.detach()
+    losses = []
+    for v in (beta * v_theta + (1 - beta) * v_old, (1 + beta) * v_old - beta * v_theta):
+        err = xt - t_ * v - x0
+        scale = _per_sample_mean(err.detach().abs()).clamp(min=1e-5)
+        losses.append(_per_sample_mean(err**2) / scale)
+    return losses[0], losses[1]
+
+
+def nft_loss(x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor, v_theta: torch.Tensor,
+             v_old: torch.Tensor, v_ref: torch.Tensor | None, adv: torch.Tensor, lam: torch.Tensor,
+             beta: float, adv_clip: float, loss_scale: float, kl_coef: float) -> tuple[torch.Tensor, dict]:
+    """Preference-weighted DiffusionNFT loss.
+
+    ``loss_k = (r_k L+ + (1 - r_k) L-) / beta``; ``policy = loss_scale * mean_B(sum_k lambda_k loss_k)``;
+    plus ``kl_coef * mean ||v_theta - v_ref||^2`` to the reference (base model, no ``w``).
+    """
+    l_pos, l_neg = nft_x0_losses(x0, xt, t, v_theta, v_old, beta)
+    r = nft_reward_weight(adv, adv_clip)
+    per_obj = (r * l_pos[:, None] + (1 - r) * l_neg[:, None]) / beta
+    policy = loss_scale * (lam * per_obj).sum(dim=1).mean()
+    kl = torch.zeros((), dtype=policy.dtype)
+    if v_ref is not None:
+        kl = _per_sample_mean((v_theta - v_ref.detach()) ** 2).mean()
+    loss = policy + kl_coef * kl
+    metrics = {"loss/policy": policy.detach(), "loss/kl": kl.detach(),
+               "loss/pos": l_pos.detach().mean(), "loss/neg": l_neg.detach().mean()}
+    return loss, metrics
+
+
+def grpo_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, adv: torch.Tensor, clip: float,
+              mean: torch.Tensor, ref_mean: torch.Tensor | None, std: torch.Tensor,
+              kl_coef: float) -> tuple[torch.Tensor, dict]:
+    """Flow-GRPO clipped-ratio loss for one SDE step.
+
+    ``ratio = exp(log p - log p_old)``; ``policy = mean(max(-A ratio, -A clip(ratio, 1 ± eps)))``;
+    KL to the reference ``||mu_theta - mu_ref||^2 / (2 sigma^2)`` averaged over dimensions.
+    ``adv`` is the scalar advantage per sample ``[B]`` (already weighted by ``w`` for late scalarisation).
+    """
+    ratio = torch.exp(log_prob - old_log_prob.detach())
+    unclipped = -adv * ratio
+    clipped = -adv * torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
+    policy = torch.maximum(unclipped, clipped).mean()
+    kl = torch.zeros((), dtype=policy.dtype)
+    if ref_mean is not None:
+        kl = _per_sample_mean((mean - ref_mean.detach()) ** 2 / (2 * std**2)).mean()
+    loss = policy + kl_coef * kl
+    metrics = {"loss/policy": policy.detach(), "loss/kl": kl.detach(),
+               "grpo/clip_frac": ((ratio - 1).abs() > clip).float().mean().detach(),
+               "grpo/ratio": ratio.detach().mean()}
+    return loss, metrics
+
+
+def old_policy_decay(step: int, rate: float, max_decay: float) -> float:
+    """DiffusionNFT's schedule for the old (sampling) policy: ``d = min(rate * step, max_decay)``."""
+    return min(rate * step, max_decay)
+
+
+@torch.no_grad()
+def ema_update(target: Iterable[torch.Tensor], source: Iterable[torch.Tensor], decay: float) -> None:
+    """``target <- decay * target + (1 - decay) * source``, in place."""
+    for t, s in zip(target, source, strict=True):
+        t.mul_(decay).add_(s.detach().to(t.dtype), alpha=1 - decay)

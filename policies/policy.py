@@ -1,0 +1,142 @@
+"""A trainable preference-conditioned policy around a velocity backbone.
+
+The policy owns three views of one network:
+
+- ``velocity(x, t, w)``: the current weights (LoRA + preference modules trainable);
+- ``reference_velocity(x, t)``: the base model — adapters off and no ``w`` — the KL reference;
+- ``swapped(state)``: temporarily runs with other trainable weights (the old/sampling policy or the
+  EMA), so no second copy of the backbone is ever held.
+
+Only the trainable tensors move between roles (rollout actors, checkpoints): see
+:meth:`Policy.trainable_state`.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import peft
+import torch
+from torch import nn
+
+from infra.checkpoint import atomic_write_bytes
+from infra.config import ModelConfig
+from policies.toy2d import Toy2dVelocity
+
+PREF_PREFIX = "pref."
+"""Parameter-name fragment of the preference modules (they train fully, at a larger lr)."""
+
+
+def build_backbone(model_cfg: ModelConfig, num_objectives: int) -> nn.Module:
+    """A freshly initialised backbone for ``model_cfg.kind``."""
+    if model_cfg.kind == "toy2d":
+        return Toy2dVelocity(num_objectives, model_cfg.hidden_dim, model_cfg.num_blocks,
+                             model_cfg.time_embed_dim, model_cfg.pref_hidden_dim)
+    raise ValueError(f"model.kind must be one of ['toy2d'], got {model_cfg.kind!r}")
+
+
+def _architecture(model_cfg: ModelConfig) -> dict:
+    return model_cfg.model_dump(include={"kind", "hidden_dim", "num_blocks", "time_embed_dim"})
+
+
+def save_base(model: nn.Module, model_cfg: ModelConfig, path: str | Path) -> None:
+    """Save a pre-trained base model (backbone weights only, no preference modules) atomically."""
+    state = {k: v for k, v in model.state_dict().items() if PREF_PREFIX not in k}
+    buf = io.BytesIO()
+    torch.save({"architecture": _architecture(model_cfg), "state_dict": state}, buf)
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def load_base(model_cfg: ModelConfig, num_objectives: int, path: str | Path) -> nn.Module:
+    """Build the backbone and load base weights; fails clearly if the architecture differs."""
+    blob = torch.load(Path(path), map_location="cpu", weights_only=True)
+    saved, wanted = blob["architecture"], _architecture(model_cfg)
+    if saved != wanted:
+        diff = {k: (saved.get(k), wanted[k]) for k in wanted if saved.get(k) != wanted[k]}
+        raise ValueError(f"base checkpoint {path} was built with a different model config "
+                         f"(field: (checkpoint, config)) {diff}; re-run pretrain or fix model.*")
+    model = build_backbone(model_cfg, num_objectives)
+    missing, unexpected = model.load_state_dict(blob["state_dict"], strict=False)
+    if unexpected or any(PREF_PREFIX not in k for k in missing):
+        raise ValueError(f"base checkpoint {path} does not fit the backbone: "
+                         f"missing={missing}, unexpected={unexpected}")
+    return model
+
+
+class Policy(nn.Module):
+    """Preference-conditioned velocity model with LoRA (peft) or full fine-tuning."""
+
+    def __init__(self, backbone: nn.Module, model_cfg: ModelConfig):
+        super().__init__()
+        self.lora = model_cfg.lora_rank > 0
+        self.sample_shape: tuple[int, ...] = tuple(backbone.sample_shape)
+        if self.lora:
+            lora_cfg = peft.LoraConfig(r=model_cfg.lora_rank, lora_alpha=model_cfg.lora_alpha,
+                                       target_modules=list(model_cfg.lora_targets))
+            self.net = peft.get_peft_model(backbone, lora_cfg)
+            self.reference = None
+        else:
+            self.reference = copy.deepcopy(backbone).requires_grad_(False)
+            self.net = backbone
+        for name, p in self.net.named_parameters():
+            if PREF_PREFIX in name:
+                p.requires_grad_(True)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+        return self.net(x, t, w)
+
+    def velocity(self, x: torch.Tensor, t: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+        return self.net(x, t, w)
+
+    def reference_velocity(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The base model: adapter disabled (or the frozen copy) and ``w`` absent."""
+        if self.reference is not None:
+            return self.reference(x, t, None)
+        with self.net.disable_adapter():
+            return self.net(x, t, None)
+
+    def trainable_named(self) -> Iterator[tuple[str, nn.Parameter]]:
+        return ((n, p) for n, p in self.net.named_parameters() if p.requires_grad)
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """Detached CPU copies of the trainable tensors (what is synced and checkpointed)."""
+        return {n: p.detach().to("cpu", copy=True) for n, p in self.trainable_named()}
+
+    @torch.no_grad()
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        params = dict(self.trainable_named())
+        if params.keys() != state.keys():
+            missing = sorted(params.keys() - state.keys())[:5]
+            extra = sorted(state.keys() - params.keys())[:5]
+            raise ValueError(f"trainable state does not match the policy: missing={missing} extra={extra}")
+        for n, p in params.items():
+            p.copy_(state[n])
+
+    @contextmanager
+    def swapped(self, state: dict[str, torch.Tensor]) -> Iterator[None]:
+        """Run with ``state`` as the trainable weights, restoring the current ones on exit."""
+        current = self.trainable_state()
+        self.load_trainable_state(state)
+        try:
+            yield
+        finally:
+            self.load_trainable_state(current)
+
+    def param_groups(self, lr: float, pref_lr_mult: float) -> list[dict]:
+        """Backbone/LoRA params at ``lr``; preference modules at ``lr * pref_lr_mult``."""
+        pref = [p for n, p in self.trainable_named() if PREF_PREFIX in n]
+        rest = [p for n, p in self.trainable_named() if PREF_PREFIX not in n]
+        groups = [{"params": rest, "lr": lr, "name": "backbone"},
+                  {"params": pref, "lr": lr * pref_lr_mult, "name": "preference"}]
+        return [g for g in groups if g["params"]]
+
+
+def build_policy(model_cfg: ModelConfig, num_objectives: int, base_checkpoint: str | Path) -> Policy:
+    """The policy the rollout actors and the learner both build (identical initial weights)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)  # preference-module and LoRA init must match on every actor and rank
+        return Policy(load_base(model_cfg, num_objectives, base_checkpoint), model_cfg)

@@ -1,0 +1,43 @@
+"""Sampling whole (prompt, w) groups with a policy: pure torch, used by the rollout actors."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from infra.config import SamplerConfig
+from policies.batch import GroupSpec, RolloutBatch
+from policies.samplers import VelocityFn, ode_sample, sde_sample
+
+
+def group_noise(groups: list[GroupSpec], group_size: int, sample_shape: tuple[int, ...]) -> torch.Tensor:
+    """Initial noise, drawn per group from its own seed so a re-issued group is bit-identical."""
+    out = []
+    for g in groups:
+        gen = torch.Generator().manual_seed(g.seed)
+        out.append(torch.randn((group_size, *sample_shape), generator=gen))
+    return torch.cat(out)
+
+
+def sample_groups(velocity: VelocityFn, groups: list[GroupSpec], group_size: int,
+                  sample_shape: tuple[int, ...], sampler: SamplerConfig, policy_version: int) -> RolloutBatch:
+    """``group_size`` samples for every group, in group order, tagged with ``policy_version``."""
+    start = time.perf_counter()
+    noise = group_noise(groups, group_size, sample_shape)
+    w = torch.tensor([g.preference for g in groups], dtype=noise.dtype).repeat_interleave(group_size, 0)
+    index = torch.arange(len(groups)).repeat_interleave(group_size)
+    trajectory = None
+    if sampler.kind == "ode":
+        samples = ode_sample(velocity, noise, w, sampler.num_steps)
+    else:
+        gens = [torch.Generator().manual_seed(g.seed + 1) for g in groups]
+
+        def step_noise() -> torch.Tensor:
+            return torch.cat([torch.randn((group_size, *sample_shape), generator=gen) for gen in gens])
+
+        trajectory = sde_sample(velocity, noise, w, sampler.num_steps, sampler.noise_level, step_noise)
+        samples = trajectory.latents[:, -1]
+    return RolloutBatch(samples=samples, preferences=w, group_index=index, groups=list(groups),
+                        policy_version=policy_version, trajectory=trajectory,
+                        sample_seconds=time.perf_counter() - start)

@@ -1,0 +1,125 @@
+"""The learner's loss on one micro-batch: DiffusionNFT (default) or Flow-GRPO. Pure torch.
+
+The driver computes advantages over whole groups (:func:`batch_advantages`) before the batch is
+split across learner ranks, so group statistics never depend on how samples were sharded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from infra.config import AlgorithmConfig, SamplerConfig
+from policies.objectives import advantage_terms, grpo_loss, nft_loss, orient_rewards
+from policies.policy import Policy
+from policies.samplers import SdeTrajectory, gaussian_log_prob, sde_step_mean_std
+
+
+@dataclass
+class TrainShard:
+    """What one learner rank trains on: samples with precomputed advantages."""
+
+    samples: torch.Tensor
+    """``[N, ...]`` clean samples ``x0``."""
+    preferences: torch.Tensor
+    """``[N, M]``."""
+    advantages: torch.Tensor
+    """``[N, K]`` (K = M for late scalarisation, 1 for early)."""
+    weights: torch.Tensor
+    """``[N, K]`` the weights ``lambda`` applied to the advantages in the loss."""
+    sample_seeds: torch.Tensor
+    """``[N]`` long: seeds each sample's training noise, so results do not depend on sharding."""
+    seed: int
+    """Step-level seed (same on every rank): picks the SDE steps Flow-GRPO trains on."""
+    trajectory: SdeTrajectory | None = None
+
+    def __len__(self) -> int:
+        return self.samples.shape[0]
+
+    def slice(self, a: int, b: int) -> TrainShard:
+        traj = self.trajectory
+        if traj is not None:
+            traj = SdeTrajectory(traj.latents[a:b], traj.log_probs[a:b], traj.times)
+        return TrainShard(self.samples[a:b], self.preferences[a:b], self.advantages[a:b],
+                          self.weights[a:b], self.sample_seeds[a:b], self.seed, traj)
+
+    def split(self, count: int) -> list[TrainShard]:
+        """``count`` contiguous, near-equal slices (some may be empty)."""
+        bounds = torch.linspace(0, len(self), count + 1).round().long().tolist()
+        return [self.slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def batch_advantages(rewards: torch.Tensor, w: torch.Tensor, group_index: torch.Tensor,
+                     directions: list[str], scalarisation: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Advantages and loss weights for a whole batch (see ``objectives.advantage_terms``)."""
+    return advantage_terms(orient_rewards(rewards, directions), w, group_index, scalarisation)
+
+
+def nft_noise(seeds: torch.Tensor, reps: int, shape: tuple[int, ...],
+              dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``reps`` noise levels ``t`` and noises ``eps`` per sample, each from the sample's own seed."""
+    ts, eps = [], []
+    for s in seeds.tolist():
+        gen = torch.Generator().manual_seed(s)
+        ts.append(torch.rand(reps, generator=gen, dtype=dtype))
+        eps.append(torch.randn((reps, *shape), generator=gen, dtype=dtype))
+    return torch.cat(ts).clamp(1e-3, 1.0), torch.cat(eps)
+
+
+def nft_micro_loss(policy: Policy, old_state: dict[str, torch.Tensor], shard: TrainShard,
+                   algo: AlgorithmConfig) -> tuple[torch.Tensor, dict]:
+    """DiffusionNFT on ``algo.train_timesteps`` fresh noise levels per sample."""
+    reps = algo.train_timesteps
+    x0 = shard.samples.repeat_interleave(reps, 0)
+    w = shard.preferences.repeat_interleave(reps, 0)
+    t, eps = nft_noise(shard.sample_seeds, reps, tuple(shard.samples.shape[1:]), x0.dtype)
+    t_ = t.view((-1,) + (1,) * (x0.dim() - 1))
+    xt = (1 - t_) * x0 + t_ * eps
+    with torch.no_grad():
+        with policy.swapped(old_state):
+            v_old = policy.velocity(xt, t, w)
+        v_ref = policy.reference_velocity(xt, t) if algo.kl_coef > 0 else None
+    v_theta = policy.velocity(xt, t, w)
+    return nft_loss(x0, xt, t, v_theta, v_old, v_ref,
+                    shard.advantages.repeat_interleave(reps, 0), shard.weights.repeat_interleave(reps, 0),
+                    algo.nft_beta, algo.adv_clip, algo.loss_scale, algo.kl_coef)
+
+
+def grpo_micro_loss(policy: Policy, shard: TrainShard, algo: AlgorithmConfig,
+                    sampler: SamplerConfig) -> tuple[torch.Tensor, dict]:
+    """Flow-GRPO on ``algo.train_timesteps`` SDE transitions per trajectory (chosen per step)."""
+    traj = shard.trajectory
+    if traj is None:
+        raise ValueError("Flow-GRPO needs SDE trajectories: set rollout.sampler.kind='sde'")
+    gen = torch.Generator().manual_seed(shard.seed)
+    num_steps = traj.log_probs.shape[1]
+    steps = torch.randperm(num_steps, generator=gen)[: algo.train_timesteps].sort().values
+    adv = (shard.weights * shard.advantages.clamp(-algo.adv_clip, algo.adv_clip)).sum(dim=1)
+    t_cap = float(traj.times[1])
+    total, metrics = 0.0, {}
+    for i in steps.tolist():
+        x, x_next = traj.latents[:, i], traj.latents[:, i + 1]
+        t = traj.times[i].expand(x.shape[0])
+        dt = (traj.times[i + 1] - traj.times[i]).expand(x.shape[0])
+        mean, std = sde_step_mean_std(x, policy.velocity(x, t, shard.preferences), t, dt,
+                                      sampler.noise_level, t_cap)
+        ref_mean = None
+        if algo.kl_coef > 0:
+            with torch.no_grad():
+                ref_mean, _ = sde_step_mean_std(x, policy.reference_velocity(x, t), t, dt,
+                                                sampler.noise_level, t_cap)
+        loss, m = grpo_loss(gaussian_log_prob(x_next, mean, std), traj.log_probs[:, i], adv,
+                            algo.grpo_clip, mean, ref_mean, std, algo.kl_coef)
+        total = total + loss / len(steps)
+        for k, v in m.items():
+            metrics[k] = metrics.get(k, 0.0) + v / len(steps)
+    return total, metrics
+
+
+def micro_loss(policy: Policy, old_state: dict[str, torch.Tensor], shard: TrainShard,
+               algo: AlgorithmConfig, sampler: SamplerConfig) -> tuple[torch.Tensor, dict]:
+    """The configured objective's loss on one micro-batch."""
+    if algo.objective == "nft":
+        return nft_micro_loss(policy, old_state, shard, algo)
+    return grpo_micro_loss(policy, shard, algo, sampler)
