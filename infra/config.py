@@ -7,6 +7,7 @@ allowed, before Ray, MLflow or any model starts.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -77,6 +78,14 @@ class RewardSpec(Strict):
     @property
     def display(self) -> str:
         return self.label or self.name
+
+    @field_validator("label")
+    @classmethod
+    def _metric_safe(cls, v: str | None) -> str | None:
+        # Labels become MLflow metric names and HTTP field names.
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9_.\-]+", v):
+            raise ValueError("must use only letters, digits, '_', '.' and '-'")
+        return v
 
 
 def _default_objectives() -> list[RewardSpec]:

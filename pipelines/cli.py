@@ -10,7 +10,7 @@ import typer
 
 from infra.config import ConfigError, Config, dump_config, load_config
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                   help="ParetoSlider on Ray: one preference-conditioned model, a slider over rewards.")
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML preset (default: embedded toy2d)")]

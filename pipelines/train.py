@@ -37,34 +37,14 @@ from infra.tracking import Tracker
 from pipelines.evaluate import SweepResult, evaluate_sweep
 from pipelines.pretrain import ensure_base
 from pipelines.plots import sample_scatter
-from policies.batch import GroupSpec, RolloutBatch, concat_batches
+from policies.batch import RolloutBatch, concat_batches
 from policies.policy import build_policy
-from policies.preferences import PreferenceMix, group_seed, preference_for_group, simplex_grid
+from policies.preferences import plan_groups, simplex_grid, step_seed
 from policies.train_step import TrainShard, batch_advantages
 from reward_servers.base import RewardInputs
 from reward_servers.client import RewardClient
 
 console = Console()
-
-
-def plan_groups(cfg: Config, step: int) -> list[GroupSpec]:
-    """The groups of ``step``: P prompts x K preference slots, all derived from ids and the seed.
-
-    The toy2d world is unconditional: one epoch is one step and the prompt index is a slot number.
-    """
-    pc = cfg.preferences
-    mix = PreferenceMix(pc.corner_prob, pc.vertex_prob, pc.edge_prob, pc.dirichlet_alpha)
-    groups = []
-    for p in range(cfg.rollout.prompts_per_step):
-        for k in range(pc.slots_per_prompt):
-            seed = group_seed(cfg.loop.seed, step, p, k)
-            if cfg.algorithm.fixed_preference is not None:
-                w = np.asarray(cfg.algorithm.fixed_preference, dtype=np.float64)
-            else:
-                w = preference_for_group(cfg.num_objectives, mix, seed)
-            groups.append(GroupSpec(epoch=step, prompt_idx=p, slot=k, seed=seed,
-                                    preference=tuple(float(x) for x in w)))
-    return groups
 
 
 def preference_buckets(num_objectives: int) -> np.ndarray:
@@ -73,7 +53,7 @@ def preference_buckets(num_objectives: int) -> np.ndarray:
 
 
 def bucket_name(w: np.ndarray) -> str:
-    return "w=" + "_".join(f"{x:.1f}" for x in w)
+    return "w_" + "-".join(f"{x:.1f}" for x in w)
 
 
 @dataclass
@@ -163,7 +143,7 @@ class Trainer:
         scores = self.rewards.submit(RewardInputs(samples=batch.samples_numpy().astype(np.float32),
                                                   prompts=batch.prompts)).result()
         self.clock.add("reward", time.perf_counter() - t0)
-        return torch.as_tensor(scores, dtype=torch.float32)
+        return torch.tensor(np.asarray(scores), dtype=torch.float32)
 
     def train_on(self, batch: RolloutBatch, step: int) -> dict[str, float]:
         staleness = self.state.version - batch.policy_version
@@ -172,9 +152,9 @@ class Trainer:
                                f"(max_staleness={self.cfg.loop.max_staleness})")
         adv, lam = batch_advantages(batch.rewards, batch.preferences, batch.group_index,
                                     self.rewards.directions, self.cfg.algorithm.scalarisation)
-        step_seed = group_seed(self.cfg.loop.seed, step, -1, -1) % (2**31)
+        seed = step_seed(self.cfg.loop.seed, step)
         shard = TrainShard(batch.samples, batch.preferences, adv, lam,
-                           sample_seeds=step_seed + torch.arange(len(batch)), seed=step_seed,
+                           sample_seeds=seed + torch.arange(len(batch)), seed=seed,
                            trajectory=batch.trajectory)
         t0 = time.perf_counter()
         metrics = self.learner.train_step(shard, step)
@@ -285,9 +265,9 @@ def log_sweep(tracker: Tracker, result: SweepResult, step: int) -> None:
 def print_sweep(result: SweepResult) -> None:
     table = Table(title="mean reward per swept preference (EMA model)")
     for n in result.objective_names:
-        table.add_column(f"w[{n}]", justify="right")
+        table.add_column(f"w:{n}", justify="right")
     for n in result.objective_names:
-        table.add_column(f"r[{n}]", justify="right")
+        table.add_column(f"r:{n}", justify="right")
     for w, r in zip(result.preferences, result.rewards):
         table.add_row(*[f"{x:.2f}" for x in w], *[f"{x:.3f}" for x in r])
     table.add_row(*["base"] * len(result.objective_names), *[f"{x:.3f}" for x in result.base_rewards])

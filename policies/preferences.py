@@ -13,6 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from infra.config import Config
+from policies.batch import GroupSpec
+
 
 @dataclass(frozen=True)
 class PreferenceMix:
@@ -50,6 +53,12 @@ def group_seed(base_seed: int, epoch: int, prompt_idx: int, slot: int) -> int:
     return int(ss.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
 
+def step_seed(base_seed: int, step: int) -> int:
+    """A 31-bit seed for the learner's training noise at ``step`` (same on every rank)."""
+    ss = np.random.SeedSequence([base_seed, step, 0x5EED])
+    return int(ss.generate_state(1, dtype=np.uint32)[0] >> np.uint32(1))
+
+
 def preference_for_group(num_objectives: int, mix: PreferenceMix, seed: int) -> np.ndarray:
     """The preference vector of the group whose seed is ``seed``."""
     return sample_preference(num_objectives, mix, np.random.default_rng(seed))
@@ -71,3 +80,23 @@ def simplex_grid(num_objectives: int, points_per_edge: int) -> np.ndarray:
 def one_hot(num_objectives: int, index: int) -> torch.Tensor:
     """The corner ``e_index`` of the simplex."""
     return torch.nn.functional.one_hot(torch.tensor(index), num_objectives).float()
+
+
+def plan_groups(cfg: Config, step: int) -> list[GroupSpec]:
+    """The groups of ``step``: P prompts x K preference slots, all derived from ids and the seed.
+
+    The toy2d world is unconditional: one epoch is one step and the prompt index is a slot number.
+    """
+    pc = cfg.preferences
+    mix = PreferenceMix(pc.corner_prob, pc.vertex_prob, pc.edge_prob, pc.dirichlet_alpha)
+    groups = []
+    for p in range(cfg.rollout.prompts_per_step):
+        for k in range(pc.slots_per_prompt):
+            seed = group_seed(cfg.loop.seed, step, p, k)
+            if cfg.algorithm.fixed_preference is not None:
+                w = np.asarray(cfg.algorithm.fixed_preference, dtype=np.float64)
+            else:
+                w = preference_for_group(cfg.num_objectives, mix, seed)
+            groups.append(GroupSpec(epoch=step, prompt_idx=p, slot=k, seed=seed,
+                                    preference=tuple(float(x) for x in w)))
+    return groups

@@ -68,12 +68,14 @@ def build_reward(spec: RewardSpec, factory: RewardFactory | None = None) -> Rewa
     reward registered only in the driver's process (a plugin, a test) still builds there.
     """
     factory = factory or reward_factory(spec.name)
+    who = f"reward '{spec.display}' ({spec.name})"
+    signature = inspect.signature(factory)
     try:
-        signature = inspect.signature(factory)
         signature.bind(**spec.args)
     except TypeError as err:
-        raise ValueError(
-            f"reward '{spec.display}' ({spec.name}): bad args {spec.args}: {err}; "
-            f"expected {spec.name}{signature}"
-        ) from None
-    return factory(**spec.args)
+        expected = ", ".join(str(p.replace(annotation=p.empty)) for p in signature.parameters.values())
+        raise ValueError(f"{who}: bad args {spec.args}: {err}; expected {spec.name}({expected})") from None
+    try:
+        return factory(**spec.args)
+    except ValueError as err:
+        raise ValueError(f"{who}: {err}") from err

@@ -1,0 +1,152 @@
+"""``RewardClient``: how the (synchronous) training driver scores samples.
+
+``submit`` returns at once with a ``PendingScores``; ``result()`` blocks until the ``[B, M]`` scores
+are back, re-submitting a failed or timed-out call up to ``retries`` times with exponential
+backoff, then raising a ``RewardServerError`` that names the objective. ``backend="serve"`` calls
+the Ray Serve router; ``backend="local"`` scores in driver threads with the same rewards.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from infra.config import RewardsConfig
+from reward_servers.base import RewardInfo, RewardInputs, RewardServerError, checked_scores
+from reward_servers.registry import build_reward
+
+Attempt = Callable[[], np.ndarray]
+"""Waits for one scoring call and returns ``[B, M]`` scores, or raises ``RewardServerError``."""
+
+BACKOFF_S = 0.5
+"""Wait before the first retry; doubled before each further one."""
+
+ROUTER_GRACE_S = 5.0
+"""Extra wait for the router beyond ``timeout_s``: the router times each objective out itself and
+names it, so the driver's own timeout only fires when the router is stuck."""
+
+
+class PendingScores:
+    """Scores of one submitted batch; ``result()`` blocks (and retries) until they are back."""
+
+    def __init__(self, start: Callable[[RewardInputs], Attempt], inputs: RewardInputs, retries: int):
+        self._start = start
+        self._inputs = inputs
+        self._retries = retries
+        self._attempt = start(inputs)
+        self._scores: np.ndarray | None = None
+
+    def result(self) -> np.ndarray:
+        """``[B, M]`` float32 raw scores, objectives in config order."""
+        if self._scores is None:
+            for attempt in range(self._retries + 1):
+                try:
+                    self._scores = self._attempt()
+                    break
+                except RewardServerError as err:
+                    if attempt == self._retries:
+                        raise RewardServerError(
+                            f"{err} (gave up after {attempt + 1} attempt{'s' if attempt else ''})", err.objective
+                        ) from None
+                    time.sleep(BACKOFF_S * 2**attempt)
+                    self._attempt = self._start(self._inputs)
+        return self._scores
+
+
+class RewardClient:
+    """Scores batches on every objective of ``cfg``; deploys the Serve app for ``backend="serve"``."""
+
+    def __init__(self, cfg: RewardsConfig, app_name: str = "rewards"):
+        self.cfg = cfg
+        self.app_name = app_name
+        self._pool: ThreadPoolExecutor | None = None
+        if cfg.backend == "serve":
+            from reward_servers.serve_app import deploy_rewards
+
+            self._router = deploy_rewards(cfg, app_name)
+            self.infos: list[RewardInfo] = self._router.describe.remote().result(timeout_s=cfg.timeout_s)
+        else:
+            self._rewards = [build_reward(spec) for spec in cfg.objectives]
+            self.infos = [RewardInfo.of(r, s.display) for r, s in zip(self._rewards, cfg.objectives)]
+            self._pool = ThreadPoolExecutor(max_workers=len(self._rewards), thread_name_prefix="reward")
+
+    @property
+    def objective_names(self) -> list[str]:
+        return [i.label for i in self.infos]
+
+    @property
+    def directions(self) -> list[str]:
+        return [i.direction for i in self.infos]
+
+    @property
+    def ranges(self) -> list[tuple[float, float]]:
+        return [i.range for i in self.infos]
+
+    def submit(self, inputs: RewardInputs) -> PendingScores:
+        """Start scoring ``inputs`` on every objective; returns without waiting."""
+        for info in self.infos:
+            inputs.require(info.inputs, info.who)
+        start = self._start_serve if self._pool is None else self._start_local
+        return PendingScores(start, inputs, self.cfg.retries)
+
+    def score(self, inputs: RewardInputs) -> np.ndarray:
+        """``submit(inputs).result()``: ``[B, M]`` scores, blocking."""
+        return self.submit(inputs).result()
+
+    def _start_serve(self, inputs: RewardInputs) -> Attempt:
+        response = self._router.remote(inputs)
+        timeout_s = self.cfg.timeout_s + ROUTER_GRACE_S
+
+        def wait() -> np.ndarray:
+            try:
+                return response.result(timeout_s=timeout_s)
+            except TimeoutError:
+                response.cancel()
+                raise RewardServerError(f"reward router of app '{self.app_name}' did not answer "
+                                        f"within {timeout_s:g}s") from None
+            except Exception as err:
+                # The router raises RewardServerError naming the objective; Ray wraps it in a RayTaskError.
+                cause = getattr(err, "cause", None) or err
+                if isinstance(cause, RewardServerError):
+                    raise RewardServerError(str(cause), cause.objective) from None
+                raise RewardServerError(f"reward router of app '{self.app_name}' failed: "
+                                        f"{type(cause).__name__}: {cause}") from None
+
+        return wait
+
+    def _start_local(self, inputs: RewardInputs) -> Attempt:
+        futures = [self._pool.submit(reward.score, inputs) for reward in self._rewards]
+        deadline = time.monotonic() + self.cfg.timeout_s
+
+        def wait() -> np.ndarray:
+            columns = []
+            for info, future in zip(self.infos, futures):
+                who = f"reward server {info.who}"
+                try:
+                    scores = future.result(timeout=max(0.0, deadline - time.monotonic()))
+                    columns.append(checked_scores(scores, len(inputs), info))
+                except TimeoutError:
+                    raise RewardServerError(f"{who} timed out after {self.cfg.timeout_s:g}s", info.label) from None
+                except Exception as err:
+                    raise RewardServerError(f"{who} failed: {type(err).__name__}: {err}", info.label) from None
+            return np.stack(columns, axis=1)
+
+        return wait
+
+    def close(self) -> None:
+        """Delete the Serve app (or stop the local threads; a hung local reward keeps its thread)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        else:
+            from reward_servers.serve_app import shutdown_rewards
+
+            shutdown_rewards(self.app_name)
+
+    def __enter__(self) -> RewardClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
