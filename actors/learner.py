@@ -45,14 +45,16 @@ class LearnerWorker:
         self.engine, _, _, _ = deepspeed.initialize(
             model=self.policy, optimizer=optimizer,
             config=deepspeed_config(lc, self.world_size, lc.micro_batch_size))
-        self.old_state = self.policy.trainable_state()
-        self.ema_state = self.policy.trainable_state()
+        self.device = self.engine.device
+        # Old (sampling) and EMA weights stay on the learner's device: swapped in every micro-batch.
+        self.old_state = self._on_device(self.policy.trainable_state())
+        self.ema_state = self._on_device(self.policy.trainable_state())
 
     def train_step(self, shard: TrainShard, step: int, num_micro: int) -> dict[str, float]:
         """One optimizer step over ``shard`` in ``num_micro`` micro-batches (same count on every rank)."""
         self.policy.train()
         totals: dict[str, float] = {}
-        micros = shard.split(num_micro)
+        micros = shard.to(self.device).split(num_micro)
         for i, micro in enumerate(micros):
             self.engine.set_gradient_accumulation_boundary(i == len(micros) - 1)
             if len(micro) == 0:
@@ -85,18 +87,26 @@ class LearnerWorker:
         grads = [p.grad for _, p in self.policy.trainable_named() if p.grad is not None]
         return float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))) if grads else math.nan
 
+    def _on_device(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.device, copy=True) for k, v in state.items()}
+
+    @staticmethod
+    def _on_cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+
     def sampling_weights(self) -> list[ray.ObjectRef]:
         """The old (sampling) policy, put once into the object store by this rank."""
-        return [ray.put(self.old_state)]
+        return [ray.put(self._on_cpu(self.old_state))]
 
     def export_state(self) -> dict[str, dict[str, torch.Tensor]]:
-        """Trainable, old and EMA weights (identical on every rank)."""
-        return {"trainable": self.policy.trainable_state(), "old": self.old_state, "ema": self.ema_state}
+        """Trainable, old and EMA weights on the CPU (identical on every rank)."""
+        return {"trainable": self.policy.trainable_state(), "old": self._on_cpu(self.old_state),
+                "ema": self._on_cpu(self.ema_state)}
 
     def import_state(self, state: dict[str, dict[str, torch.Tensor]]) -> None:
         self.policy.load_trainable_state(state["trainable"])
-        self.old_state = {k: v.clone() for k, v in state["old"].items()}
-        self.ema_state = {k: v.clone() for k, v in state["ema"].items()}
+        self.old_state = self._on_device(state["old"])
+        self.ema_state = self._on_device(state["ema"])
 
     def save_optimizer(self, directory: str, tag: str) -> None:
         """DeepSpeed's own (per-rank, ZeRO-aware) checkpoint of the engine, frozen base excluded."""

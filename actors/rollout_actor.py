@@ -25,7 +25,9 @@ class RolloutWorker:
     def __init__(self, cfg_json: str, base_checkpoint: str, actor_index: int = 0):
         self.cfg = Config.model_validate_json(cfg_json)
         torch.set_num_threads(max(1, int(os.environ.get("PARETOSLIDER_ROLLOUT_THREADS", "1"))))
-        self.policy = build_policy(self.cfg.model, self.cfg.num_objectives, base_checkpoint).eval()
+        # Ray sets CUDA_VISIBLE_DEVICES for an actor given num_gpus, so its GPU is cuda:0.
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.policy = build_policy(self.cfg.model, self.cfg.num_objectives, base_checkpoint).eval().to(self.device)
         self.version = 0
         self.actor_index = actor_index
 
@@ -40,7 +42,7 @@ class RolloutWorker:
         """Sample ``rollout.group_size`` samples for each group with the newest weights offered."""
         self.apply_weights(handle)
         batch = sample_groups(self.policy.velocity, groups, self.cfg.rollout.group_size, self.policy.sample_shape,
-                              self.cfg.rollout.sampler, self.version)
+                              self.cfg.rollout.sampler, self.version, self.device)
         batch.meta["actor"] = self.actor_index
         return batch
 

@@ -15,6 +15,7 @@ seed; the set of trained ids is checkpointed, so a resumed run trains every grou
 from __future__ import annotations
 
 import collections
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -129,6 +130,7 @@ class Trainer:
                      "mlflow_run_id": self.state.mlflow_run_id or "", "learner_tag": tag},
             "weights": self.learner.export_state(),
         })
+        prune_learner_checkpoints(self.run_dir)
 
     # ---- one stage each -------------------------------------------------------------------------
     def issue_rollouts(self, step: int) -> list[ray.ObjectRef]:
@@ -245,6 +247,15 @@ class Trainer:
         for a in self.actors:
             ray.kill(a)
         self.rewards.close()
+
+
+def prune_learner_checkpoints(run_dir: Path) -> None:
+    """Drop DeepSpeed tags whose driver checkpoint was pruned (the pointer has already moved)."""
+    ckpt = run_dir / "checkpoints"
+    kept = {p.stem for p in ckpt.glob("step_*.pt")}
+    for tag_dir in (ckpt / "learner").glob("step_*"):
+        if tag_dir.is_dir() and tag_dir.name not in kept:
+            shutil.rmtree(tag_dir, ignore_errors=True)
 
 
 def log_sweep(tracker: Tracker, result: SweepResult, step: int) -> None:

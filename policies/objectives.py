@@ -136,4 +136,4 @@ def old_policy_decay(step: int, rate: float, max_decay: float) -> float:
 def ema_update(target: Iterable[torch.Tensor], source: Iterable[torch.Tensor], decay: float) -> None:
     """``target <- decay * target + (1 - decay) * source``, in place."""
     for t, s in zip(target, source, strict=True):
-        t.mul_(decay).add_(s.detach().to(t.dtype), alpha=1 - decay)
+        t.mul_(decay).add_(s.detach().to(device=t.device, dtype=t.dtype), alpha=1 - decay)

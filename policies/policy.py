@@ -119,7 +119,7 @@ class Policy(nn.Module):
     @contextmanager
     def swapped(self, state: dict[str, torch.Tensor]) -> Iterator[None]:
         """Run with ``state`` as the trainable weights, restoring the current ones on exit."""
-        current = self.trainable_state()
+        current = {n: p.detach().clone() for n, p in self.trainable_named()}
         self.load_trainable_state(state)
         try:
             yield

@@ -8,7 +8,7 @@ import torch
 
 from infra.config import SamplerConfig
 from policies.batch import GroupSpec, RolloutBatch
-from policies.samplers import VelocityFn, ode_sample, sde_sample
+from policies.samplers import SdeTrajectory, VelocityFn, ode_sample, sde_sample
 
 
 def group_noise(groups: list[GroupSpec], group_size: int, sample_shape: tuple[int, ...]) -> torch.Tensor:
@@ -21,11 +21,17 @@ def group_noise(groups: list[GroupSpec], group_size: int, sample_shape: tuple[in
 
 
 def sample_groups(velocity: VelocityFn, groups: list[GroupSpec], group_size: int,
-                  sample_shape: tuple[int, ...], sampler: SamplerConfig, policy_version: int) -> RolloutBatch:
-    """``group_size`` samples for every group, in group order, tagged with ``policy_version``."""
+                  sample_shape: tuple[int, ...], sampler: SamplerConfig, policy_version: int,
+                  device: torch.device | str = "cpu") -> RolloutBatch:
+    """``group_size`` samples for every group, in group order, tagged with ``policy_version``.
+
+    Noise is drawn on the CPU (reproducible across devices) and the model runs on ``device``;
+    the returned batch lives on the CPU, ready for the object store.
+    """
     start = time.perf_counter()
-    noise = group_noise(groups, group_size, sample_shape)
-    w = torch.tensor([g.preference for g in groups], dtype=noise.dtype).repeat_interleave(group_size, 0)
+    noise = group_noise(groups, group_size, sample_shape).to(device)
+    w = torch.tensor([g.preference for g in groups], dtype=noise.dtype, device=device)
+    w = w.repeat_interleave(group_size, 0)
     index = torch.arange(len(groups)).repeat_interleave(group_size)
     trajectory = None
     if sampler.kind == "ode":
@@ -34,10 +40,12 @@ def sample_groups(velocity: VelocityFn, groups: list[GroupSpec], group_size: int
         gens = [torch.Generator().manual_seed(g.seed + 1) for g in groups]
 
         def step_noise() -> torch.Tensor:
-            return torch.cat([torch.randn((group_size, *sample_shape), generator=gen) for gen in gens])
+            eps = [torch.randn((group_size, *sample_shape), generator=gen) for gen in gens]
+            return torch.cat(eps).to(device)
 
         trajectory = sde_sample(velocity, noise, w, sampler.num_steps, sampler.noise_level, step_noise)
+        trajectory = SdeTrajectory(trajectory.latents.cpu(), trajectory.log_probs.cpu(), trajectory.times.cpu())
         samples = trajectory.latents[:, -1]
-    return RolloutBatch(samples=samples, preferences=w, group_index=index, groups=list(groups),
+    return RolloutBatch(samples=samples.cpu(), preferences=w.cpu(), group_index=index, groups=list(groups),
                         policy_version=policy_version, trajectory=trajectory,
                         sample_seconds=time.perf_counter() - start)

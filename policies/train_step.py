@@ -44,6 +44,13 @@ class TrainShard:
         return TrainShard(self.samples[a:b], self.preferences[a:b], self.advantages[a:b],
                           self.weights[a:b], self.sample_seeds[a:b], self.seed, traj)
 
+    def to(self, device: torch.device | str) -> TrainShard:
+        traj = self.trajectory
+        if traj is not None:
+            traj = SdeTrajectory(traj.latents.to(device), traj.log_probs.to(device), traj.times)
+        return TrainShard(self.samples.to(device), self.preferences.to(device), self.advantages.to(device),
+                          self.weights.to(device), self.sample_seeds, self.seed, traj)
+
     def split(self, count: int) -> list[TrainShard]:
         """``count`` contiguous, near-equal slices (some may be empty)."""
         bounds = torch.linspace(0, len(self), count + 1).round().long().tolist()
@@ -74,6 +81,7 @@ def nft_micro_loss(policy: Policy, old_state: dict[str, torch.Tensor], shard: Tr
     x0 = shard.samples.repeat_interleave(reps, 0)
     w = shard.preferences.repeat_interleave(reps, 0)
     t, eps = nft_noise(shard.sample_seeds, reps, tuple(shard.samples.shape[1:]), x0.dtype)
+    t, eps = t.to(x0.device), eps.to(x0.device)
     t_ = t.view((-1,) + (1,) * (x0.dim() - 1))
     xt = (1 - t_) * x0 + t_ * eps
     with torch.no_grad():
@@ -100,8 +108,8 @@ def grpo_micro_loss(policy: Policy, shard: TrainShard, algo: AlgorithmConfig,
     total, metrics = 0.0, {}
     for i in steps.tolist():
         x, x_next = traj.latents[:, i], traj.latents[:, i + 1]
-        t = traj.times[i].expand(x.shape[0])
-        dt = (traj.times[i + 1] - traj.times[i]).expand(x.shape[0])
+        t = traj.times[i].to(x.device).expand(x.shape[0])
+        dt = (traj.times[i + 1] - traj.times[i]).to(x.device).expand(x.shape[0])
         mean, std = sde_step_mean_std(x, policy.velocity(x, t, shard.preferences), t, dt,
                                       sampler.noise_level, t_cap)
         ref_mean = None

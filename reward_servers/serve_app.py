@@ -105,6 +105,10 @@ class RewardRouter:
         return list(await asyncio.gather(*(h.describe.remote() for h in self.handles)))
 
 
+# One access-log line per scoring call would drown the training progress; warnings still show.
+QUIET_LOGS = {"enable_access_log": False, "log_level": "WARNING"}
+
+
 def build_app(cfg: RewardsConfig) -> serve.Application:
     """The router bound to one deployment per objective, with the config's resources and batching."""
     objectives = []
@@ -118,6 +122,7 @@ def build_app(cfg: RewardsConfig) -> serve.Application:
                 num_replicas=cfg.num_replicas,
                 max_ongoing_requests=cfg.max_ongoing_requests,
                 ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
+                logging_config=QUIET_LOGS,
             ).bind(spec.model_dump(), factory, cfg.max_batch_size, cfg.batch_wait_timeout_s)
         )
     return RewardRouter.options(
@@ -125,6 +130,7 @@ def build_app(cfg: RewardsConfig) -> serve.Application:
         max_ongoing_requests=cfg.max_ongoing_requests,
         # The router only awaits other replicas; a CPU reservation would be wasted on a laptop.
         ray_actor_options={"num_cpus": 0},
+        logging_config=QUIET_LOGS,
     ).bind([s.model_dump() for s in cfg.objectives], objectives, cfg.timeout_s)
 
 
