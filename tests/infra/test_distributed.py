@@ -107,10 +107,9 @@ def reference_params(
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+def ray_cluster(ray_local):
+    """The session's local Ray (tests/conftest.py)."""
+    yield ray_local
 
 
 def start_group(world_size: int) -> list:
