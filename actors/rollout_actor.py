@@ -8,6 +8,7 @@ an actor's calls one at a time), so a rollout never reads weights that are being
 from __future__ import annotations
 
 import os
+import time
 
 import ray
 import torch
@@ -40,10 +41,11 @@ class RolloutWorker:
 
     def generate(self, groups: list[GroupSpec], handle: WeightHandle | None = None) -> RolloutBatch:
         """Sample ``rollout.group_size`` samples for each group with the newest weights offered."""
+        start = time.time()
         self.apply_weights(handle)
         batch = sample_groups(self.policy.velocity, groups, self.cfg.rollout.group_size, self.policy.sample_shape,
                               self.cfg.rollout.sampler, self.version, self.device)
-        batch.meta["actor"] = self.actor_index
+        batch.meta.update(actor=self.actor_index, started=start, finished=time.time())
         return batch
 
     def ping(self) -> int:

@@ -62,9 +62,19 @@ class StageClock:
     """Wall time each stage was busy, for throughput and overlap reporting."""
 
     busy: dict[str, float] = field(default_factory=lambda: collections.defaultdict(float))
+    marks: list[tuple[float, dict[str, float]]] = field(default_factory=list)
+    """``(wall time, busy totals)`` at the end of every step, to measure steady-state windows."""
 
     def add(self, stage: str, seconds: float) -> None:
         self.busy[stage] += seconds
+
+    def mark(self) -> None:
+        self.marks.append((time.perf_counter(), dict(self.busy)))
+
+    def window(self, first: int) -> tuple[float, dict[str, float]]:
+        """Wall seconds and per-stage busy seconds from the end of step ``first`` to the last step."""
+        (t0, b0), (t1, b1) = self.marks[first], self.marks[-1]
+        return t1 - t0, {k: v - b0.get(k, 0.0) for k, v in b1.items()}
 
 
 @dataclass
@@ -213,6 +223,7 @@ class Trainer:
                 metrics["loop/policy_version"] = float(st.version)
                 for k, v in self.clock.busy.items():
                     metrics[f"time/{k}_s"] = v
+                t0 = time.perf_counter()
                 if st.step % cfg.loop.log_every == 0:
                     self.tracker.log_metrics(metrics, st.step)
                 if st.step % cfg.loop.scatter_every == 0 or st.step == total:
@@ -220,6 +231,8 @@ class Trainer:
                                             f"scatter/step_{st.step:06d}.png")
                 if st.step % cfg.loop.checkpoint_every == 0 or st.step == total:
                     self.save()
+                self.clock.add("tracking", time.perf_counter() - t0)
+                self.clock.mark()
                 bar.update(1)
                 bar.set_postfix({n: f"{metrics[f'reward/{n}']:.2f}" for n in cfg.objective_names})
             bar.close()
