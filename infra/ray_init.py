@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from infra.config import RayConfig
 
 
@@ -13,8 +11,8 @@ def start_ray(ray_cfg: RayConfig) -> None:
 
     if ray.is_initialized():
         return
-    # Ship only what workers need: our packages are installed in the same environment.
-    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    # Workers import this project from the same environment as the driver (installed package);
+    # a remote cluster gets it through ray_cluster.yaml's setup commands.
     if ray_cfg.address:
         ray.init(address=ray_cfg.address, log_to_driver=True)
     else:

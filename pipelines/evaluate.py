@@ -38,7 +38,7 @@ class SweepResult:
         return out
 
 
-def sweep_groups(w: np.ndarray, num_samples: int, seed: int) -> list[GroupSpec]:
+def sweep_groups(w: np.ndarray, seed: int) -> list[GroupSpec]:
     """One group per sweep point, all with the same seed so points differ only by ``w``."""
     return [GroupSpec(epoch=-1, prompt_idx=0, slot=0, seed=seed, preference=tuple(float(x) for x in w))]
 
@@ -50,11 +50,11 @@ def sample_sweep(policy: Policy, cfg: Config, grid: np.ndarray, num_samples: int
     sampler = cfg.rollout.sampler.model_copy(update={"kind": "ode"})
     per_point = []
     for w in grid:
-        batch = sample_groups(policy.velocity, sweep_groups(w, num_samples, seed), num_samples,
+        batch = sample_groups(policy.velocity, sweep_groups(w, seed), num_samples,
                               policy.sample_shape, sampler, policy_version=-1)
         per_point.append(batch.samples_numpy())
     base = sample_groups(lambda x, t, w: policy.reference_velocity(x, t),
-                         sweep_groups(grid[0], num_samples, seed), num_samples, policy.sample_shape,
+                         sweep_groups(grid[0], seed), num_samples, policy.sample_shape,
                          sampler, policy_version=-1)
     return per_point, base.samples_numpy()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -24,7 +25,7 @@ def pretrain_base(cfg: Config, out: str | Path | None = None, progress: bool = T
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, pc.steps)
     d = pc.data
     start = time.perf_counter()
-    bar = tqdm(range(pc.steps), desc="pretrain", disable=not progress)
+    bar = tqdm(range(pc.steps), desc="pretrain", disable=not progress, mininterval=0.5 if sys.stderr.isatty() else 15.0)
     for i in bar:
         x0 = ring_mixture(pc.batch_size, d.num_modes, d.radius, d.mode_std, gen)
         loss = flow_matching_loss(model, x0, gen)

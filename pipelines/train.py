@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -201,7 +202,8 @@ class Trainer:
         next_issue = st.step
         wall0 = time.perf_counter()
         samples_done = 0
-        bar = tqdm(total=total, initial=st.step, desc="train", disable=not self.progress)
+        bar = tqdm(total=total, initial=st.step, desc="train", disable=not self.progress,
+                   mininterval=0.5 if sys.stderr.isatty() else 15.0)
         try:
             while st.step < total:
                 while next_issue < total and len(in_flight) <= cfg.loop.max_staleness:

@@ -65,23 +65,6 @@ class RolloutBatch:
     def samples_numpy(self) -> np.ndarray:
         return self.samples.detach().cpu().numpy()
 
-    def select(self, index: torch.Tensor) -> RolloutBatch:
-        """The subset of samples at ``index`` (group list unchanged)."""
-        traj = self.trajectory
-        if traj is not None:
-            traj = SdeTrajectory(traj.latents[index], traj.log_probs[index], traj.times)
-        return RolloutBatch(
-            samples=self.samples[index],
-            preferences=self.preferences[index],
-            group_index=self.group_index[index],
-            groups=self.groups,
-            policy_version=self.policy_version,
-            trajectory=traj,
-            rewards=None if self.rewards is None else self.rewards[index],
-            sample_seconds=self.sample_seconds,
-            meta=self.meta,
-        )
-
 
 def concat_batches(batches: list[RolloutBatch]) -> RolloutBatch:
     """Join batches into one; group indices are offset so they stay valid."""

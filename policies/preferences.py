@@ -11,7 +11,6 @@ import itertools
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from infra.config import Config
 from policies.batch import GroupSpec
@@ -75,11 +74,6 @@ def simplex_grid(num_objectives: int, points_per_edge: int) -> np.ndarray:
     grid = np.array(rows, dtype=np.float64) / n
     order = np.lexsort(grid.T[::-1])  # sort by w1, then w2, ...
     return grid[order]
-
-
-def one_hot(num_objectives: int, index: int) -> torch.Tensor:
-    """The corner ``e_index`` of the simplex."""
-    return torch.nn.functional.one_hot(torch.tensor(index), num_objectives).float()
 
 
 def plan_groups(cfg: Config, step: int) -> list[GroupSpec]:

@@ -5,18 +5,16 @@ import torch
 
 from infra.config import ModelConfig, SamplerConfig
 from policies.batch import GroupSpec
-from policies.policy import Policy, build_backbone, build_policy, load_base, save_base
+from conftest import TINY_MODEL
+from policies.policy import build_policy, load_base
 from policies.rollout import sample_groups
 
-SMALL = dict(hidden_dim=32, num_blocks=2, time_embed_dim=16, pref_hidden_dim=16)
+SMALL = {k: v for k, v in TINY_MODEL.items() if not k.startswith("lora")}
 
 
 @pytest.fixture(scope="module")
-def base_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("base") / "base.pt"
-    torch.manual_seed(0)
-    save_base(build_backbone(ModelConfig(**SMALL), 2), ModelConfig(**SMALL), path)
-    return path
+def base_path(tiny_base):
+    return tiny_base
 
 
 @pytest.mark.parametrize("rank", [0, 4])
