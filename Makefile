@@ -4,8 +4,10 @@ VENV ?= .venv
 # The CPU build of torch 2.13.0 ships on these machines; on a GPU box set TORCH_SPEC to the CUDA wheel.
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
+# vLLM (CPU build) lives in its own venv: it pins its own torch / transformers.
+VLLM_VENV ?= .venv-vllm
 
-.PHONY: setup train test test-fast bench clean
+.PHONY: setup train test test-fast bench bench-rewards vllm-env clean
 
 setup: $(VENV)/.installed
 
@@ -28,6 +30,15 @@ test-fast: setup
 
 bench: setup
 	$(BIN)/python benchmarks/loop_overlap.py
+
+bench-rewards: setup
+	$(BIN)/python benchmarks/reward_throughput.py
+
+# The real-vLLM-server test (tests/reward_servers/test_vllm_server.py) skips without this venv.
+vllm-env: $(VLLM_VENV)/.installed
+
+$(VLLM_VENV)/.installed: infra/build_vllm_env.sh
+	PYTHON=$(PYTHON) bash infra/build_vllm_env.sh $(VLLM_VENV)
 
 clean:
 	rm -rf runs results mlruns mlartifacts mlflow.db

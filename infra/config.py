@@ -74,6 +74,15 @@ class RewardSpec(Strict):
     """Display name of the objective (defaults to ``name``)."""
     args: dict[str, Any] = Field(default_factory=dict)
     """Keyword arguments for the reward's constructor."""
+    url: str | None = None
+    """Score on an external reward server (``POST {url}/score``: another job's reward app, a shared
+    reward cluster) that serves an objective with this label and name, instead of deploying it here."""
+    num_replicas: int | None = Field(None, ge=1)
+    """Serve replicas of this objective (None: ``rewards.num_replicas``)."""
+    num_gpus: float | None = Field(None, ge=0)
+    """GPUs per replica of this objective (None: ``rewards.num_gpus``), e.g. 1 for a vLLM judge."""
+    max_ongoing_requests: int | None = Field(None, ge=1)
+    """Requests a replica of this objective accepts at once (None: ``rewards.max_ongoing_requests``)."""
 
     @property
     def display(self) -> str:
@@ -115,6 +124,9 @@ class RewardsConfig(Strict):
     """Per-call timeout; a hung reward server fails the step with an error naming it."""
     retries: int = Field(2, ge=0)
     """Retries (with exponential backoff) of a failed scoring call."""
+    route_prefix: str | None = None
+    """Also serve the router over HTTP at this prefix (``POST {prefix}/score`` with an ``.npz`` batch,
+    ``GET {prefix}/objectives``), so other jobs can point an objective's ``url`` at it."""
 
     @model_validator(mode="after")
     def _unique_labels(self) -> RewardsConfig:

@@ -44,7 +44,7 @@ from policies.policy import build_policy
 from policies.preferences import plan_groups, simplex_grid, step_seed
 from policies.train_step import TrainShard, batch_advantages
 from reward_servers.base import RewardInputs
-from reward_servers.client import RewardClient
+from reward_servers.client import RewardClient, reward_step_metrics
 
 console = Console()
 
@@ -109,6 +109,8 @@ class Trainer:
 
         start_ray(cfg.ray)
         self.rewards = RewardClient(cfg.rewards)
+        self.reward_latency_s: dict[str, float] = {}
+        """Each objective's reward-server latency in the last scored step (logged per step)."""
         self.learner = LearnerGroup(cfg, self.base_checkpoint)
         self.sync = ObjectStoreWeightSync()
         cfg_json = cfg.model_dump_json()
@@ -153,9 +155,11 @@ class Trainer:
 
     def score(self, batch: RolloutBatch) -> torch.Tensor:
         t0 = time.perf_counter()
-        scores = self.rewards.submit(RewardInputs(samples=batch.samples_numpy().astype(np.float32),
-                                                  prompts=batch.prompts)).result()
+        pending = self.rewards.submit(RewardInputs(samples=batch.samples_numpy().astype(np.float32),
+                                                   prompts=batch.prompts))
+        scores = pending.result()
         self.clock.add("reward", time.perf_counter() - t0)
+        self.reward_latency_s = pending.latency_s
         return torch.tensor(np.asarray(scores), dtype=torch.float32)
 
     def train_on(self, batch: RolloutBatch, step: int) -> dict[str, float]:
@@ -185,6 +189,7 @@ class Trainer:
         names = self.cfg.objective_names
         for m, name in enumerate(names):
             out[f"reward/{name}"] = float(r[:, m].mean())
+        out.update(reward_step_metrics(r, names, self.reward_latency_s))
         buckets = preference_buckets(len(names))
         nearest = np.argmin(((w[:, None, :] - buckets[None]) ** 2).sum(-1), axis=1)
         for b, bw in enumerate(buckets):

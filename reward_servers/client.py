@@ -1,7 +1,7 @@
 """``RewardClient``: how the (synchronous) training driver scores samples.
 
 ``submit`` returns at once with a ``PendingScores``; ``result()`` blocks until the ``[B, M]`` scores
-are back, re-submitting a failed or timed-out call up to ``retries`` times with exponential
+are back (and ``latency_s`` holds each objective's seconds), re-submitting a failed or timed-out call up to ``retries`` times with exponential
 backoff, then raising a ``RewardServerError`` that names the objective. ``backend="serve"`` calls
 the Ray Serve router; ``backend="local"`` scores in driver threads with the same rewards.
 """
@@ -18,8 +18,9 @@ from infra.config import RewardsConfig
 from reward_servers.base import RewardInfo, RewardInputs, RewardServerError, checked_scores
 from reward_servers.registry import build_reward
 
-Attempt = Callable[[], np.ndarray]
-"""Waits for one scoring call and returns ``[B, M]`` scores, or raises ``RewardServerError``."""
+Attempt = Callable[[], tuple[np.ndarray, dict[str, float]]]
+"""Waits for one scoring call and returns ``[B, M]`` scores and per-objective seconds, or raises
+``RewardServerError``."""
 
 BACKOFF_S = 0.5
 """Wait before the first retry; doubled before each further one."""
@@ -38,13 +39,15 @@ class PendingScores:
         self._retries = retries
         self._attempt = start(inputs)
         self._scores: np.ndarray | None = None
+        self.latency_s: dict[str, float] = {}
+        """Seconds each objective took to answer (the successful attempt), by label; set by ``result``."""
 
     def result(self) -> np.ndarray:
         """``[B, M]`` float32 raw scores, objectives in config order."""
         if self._scores is None:
             for attempt in range(self._retries + 1):
                 try:
-                    self._scores = self._attempt()
+                    self._scores, self.latency_s = self._attempt()
                     break
                 except RewardServerError as err:
                     if attempt == self._retries:
@@ -66,9 +69,21 @@ class RewardClient:
         if cfg.backend == "serve":
             from reward_servers.serve_app import deploy_rewards
 
+            from reward_servers.serve_app import shutdown_rewards
+
             self._router = deploy_rewards(cfg, app_name)
-            self.infos: list[RewardInfo] = self._router.describe.remote().result(timeout_s=cfg.timeout_s)
+            try:
+                self.infos: list[RewardInfo] = self._router.describe.remote().result(timeout_s=cfg.timeout_s)
+            except Exception as err:
+                # An external reward server (an objective's url) that is down or serves other objectives.
+                shutdown_rewards(app_name)
+                cause = getattr(err, "cause", None) or err
+                raise RewardServerError(str(cause), getattr(cause, "objective", None)) from None
         else:
+            remote = [s.display for s in cfg.objectives if s.url is not None]
+            if remote:
+                raise ValueError(f"objectives {remote} have a 'url'; external reward servers need "
+                                 "rewards.backend='serve'")
             self._rewards = [build_reward(spec) for spec in cfg.objectives]
             self.infos = [RewardInfo.of(r, s.display) for r, s in zip(self._rewards, cfg.objectives)]
             self._pool = ThreadPoolExecutor(max_workers=len(self._rewards), thread_name_prefix="reward")
@@ -97,12 +112,13 @@ class RewardClient:
         return self.submit(inputs).result()
 
     def _start_serve(self, inputs: RewardInputs) -> Attempt:
-        response = self._router.remote(inputs)
+        response = self._router.score.remote(inputs)
         timeout_s = self.cfg.timeout_s + ROUTER_GRACE_S
 
-        def wait() -> np.ndarray:
+        def wait() -> tuple[np.ndarray, dict[str, float]]:
             try:
-                return response.result(timeout_s=timeout_s)
+                scored = response.result(timeout_s=timeout_s)
+                return scored.scores, scored.latency_s
             except TimeoutError:
                 response.cancel()
                 raise RewardServerError(f"reward router of app '{self.app_name}' did not answer "
@@ -118,21 +134,27 @@ class RewardClient:
         return wait
 
     def _start_local(self, inputs: RewardInputs) -> Attempt:
-        futures = [self._pool.submit(reward.score, inputs) for reward in self._rewards]
+        start = time.perf_counter()
+
+        def timed(reward) -> tuple[np.ndarray, float]:
+            scores = reward.score(inputs)
+            return scores, time.perf_counter() - start
+
+        futures = [self._pool.submit(timed, reward) for reward in self._rewards]
         deadline = time.monotonic() + self.cfg.timeout_s
 
-        def wait() -> np.ndarray:
-            columns = []
+        def wait() -> tuple[np.ndarray, dict[str, float]]:
+            columns, latency = [], {}
             for info, future in zip(self.infos, futures):
                 who = f"reward server {info.who}"
                 try:
-                    scores = future.result(timeout=max(0.0, deadline - time.monotonic()))
+                    scores, latency[info.label] = future.result(timeout=max(0.0, deadline - time.monotonic()))
                     columns.append(checked_scores(scores, len(inputs), info))
                 except TimeoutError:
                     raise RewardServerError(f"{who} timed out after {self.cfg.timeout_s:g}s", info.label) from None
                 except Exception as err:
                     raise RewardServerError(f"{who} failed: {type(err).__name__}: {err}", info.label) from None
-            return np.stack(columns, axis=1)
+            return np.stack(columns, axis=1), latency
 
         return wait
 
@@ -150,3 +172,20 @@ class RewardClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def reward_step_metrics(scores: np.ndarray, labels: list[str], latency_s: dict[str, float]) -> dict[str, float]:
+    """Per-objective spread of one step's ``[B, M]`` raw scores and each reward server's latency.
+
+    Names: ``reward_std/<label>``, ``reward_min/<label>``, ``reward_max/<label>``,
+    ``reward_latency_s/<label>`` (the mean is the driver's ``reward/<label>``).
+    """
+    out = {}
+    for m, label in enumerate(labels):
+        col = np.asarray(scores[:, m], dtype=np.float64)
+        out[f"reward_std/{label}"] = float(col.std())
+        out[f"reward_min/{label}"] = float(col.min())
+        out[f"reward_max/{label}"] = float(col.max())
+        if label in latency_s:
+            out[f"reward_latency_s/{label}"] = float(latency_s[label])
+    return out

@@ -1,14 +1,25 @@
 """Ray Serve app that scores batches: one ``RewardDeployment`` per objective behind a ``RewardRouter``.
 
-Callers reach the router through a ``DeploymentHandle`` (Ray serialization, no HTTP route). The
-router fans each request out to every objective at once and stacks the answers into ``[B, M]``;
-each objective's deployment merges concurrent requests with ``@serve.batch`` and scores them in one
-call. A failing or hung objective fails the request with a ``RewardServerError`` that names it.
+The training driver reaches the router through a ``DeploymentHandle`` (``router.score``, Ray
+serialization). The router fans each request out to every objective at once and stacks the answers
+into ``[B, M]``; each objective's deployment merges concurrent requests with ``@serve.batch`` and
+scores them in one call. A failing or hung objective fails the request with a
+``RewardServerError`` that names it.
+
+With ``rewards.route_prefix`` the router also answers HTTP (a shared reward cluster):
+``POST {prefix}/score`` takes an ``.npz`` batch (``codecs.encode_batch``; an optional
+``objectives`` array picks labels) and returns an ``.npz`` of ``scores`` and ``labels``;
+``GET {prefix}/objectives`` lists the objectives as JSON. An objective with a ``url`` is scored
+by such a server instead of a local deployment.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import math
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -18,6 +29,7 @@ from ray.serve.schema import DeploymentStatus
 
 from infra.config import RewardSpec, RewardsConfig
 from reward_servers.base import RewardInfo, RewardInputs, RewardServerError, checked_scores
+from reward_servers.codecs import decode_batch, decode_scores, encode_batch, encode_scores
 from reward_servers.registry import RewardFactory, build_reward, reward_factory
 
 ROUTER_NAME = "RewardRouter"
@@ -66,29 +78,49 @@ class RewardDeployment:
         return list(self._batch_sizes)
 
 
+@dataclass
+class ScoredBatch:
+    """The router's answer: ``[B, M]`` scores and each objective's wall time for this request."""
+
+    scores: np.ndarray
+    latency_s: dict[str, float] = field(default_factory=dict)
+    """Seconds from fan-out to each objective's answer (queueing + batching + scoring), by label."""
+
+
 @serve.deployment
 class RewardRouter:
     """Fans a batch out to every objective and returns ``[B, M]`` scores in config order."""
 
-    def __init__(self, specs: list[dict[str, Any]], handles: list[DeploymentHandle], timeout_s: float):
+    def __init__(self, specs: list[dict[str, Any]], handles: list[DeploymentHandle | None], timeout_s: float):
         self.specs = [RewardSpec.model_validate(s) for s in specs]
         self.handles = handles
         self.timeout_s = timeout_s
+        self.labels = [s.display for s in self.specs]
+        self._infos: list[RewardInfo] | None = None
 
-    async def __call__(self, inputs: RewardInputs) -> np.ndarray:
-        results = await asyncio.gather(
-            *(self._score(spec, handle, inputs) for spec, handle in zip(self.specs, self.handles)),
-            return_exceptions=True,
-        )
+    async def score(self, inputs: RewardInputs, labels: list[str] | None = None) -> ScoredBatch:
+        """Scores of ``inputs`` on the objectives ``labels`` (None: all, in config order)."""
+        picked = [self.labels.index(label) for label in labels] if labels is not None else range(len(self.specs))
+        start = time.perf_counter()
+        latency: dict[str, float] = {}
+
+        async def timed(i: int) -> np.ndarray:
+            out = await self._score(self.specs[i], self.handles[i], inputs)
+            latency[self.labels[i]] = time.perf_counter() - start
+            return out
+
+        results = await asyncio.gather(*(timed(i) for i in picked), return_exceptions=True)
         failures = [r for r in results if isinstance(r, BaseException)]
         if len(failures) == 1:
             raise failures[0]
         if failures:
             raise RewardServerError("; ".join(map(str, failures)), getattr(failures[0], "objective", None))
-        return np.stack(results, axis=1)
+        return ScoredBatch(np.stack(results, axis=1), latency)
 
-    async def _score(self, spec: RewardSpec, handle: DeploymentHandle, inputs: RewardInputs) -> np.ndarray:
+    async def _score(self, spec: RewardSpec, handle: DeploymentHandle | None, inputs: RewardInputs) -> np.ndarray:
         who = f"reward server {_who(spec)}"
+        if handle is None:
+            return await score_remote(spec, inputs, self.timeout_s)
         response = handle.remote(inputs)
         try:
             return await asyncio.wait_for(response, self.timeout_s)
@@ -102,7 +134,81 @@ class RewardRouter:
 
     async def describe(self) -> list[RewardInfo]:
         """The objectives' metadata, in config order."""
-        return list(await asyncio.gather(*(h.describe.remote() for h in self.handles)))
+        if self._infos is None:
+            self._infos = list(await asyncio.gather(*(
+                describe_remote(spec, self.timeout_s) if h is None else h.describe.remote()
+                for spec, h in zip(self.specs, self.handles)
+            )))
+        return self._infos
+
+    async def __call__(self, request: Any) -> Any:
+        """The HTTP face (``rewards.route_prefix``): ``POST .../score`` and ``GET .../objectives``."""
+        from starlette.responses import JSONResponse, Response
+
+        if request.method == "GET" and request.url.path.endswith("/objectives"):
+            return JSONResponse([_info_json(i) for i in await self.describe()])
+        if request.method != "POST" or not request.url.path.endswith("/score"):
+            return JSONResponse({"error": "use POST <prefix>/score or GET <prefix>/objectives"}, status_code=404)
+        try:
+            inputs, labels = decode_batch(await request.body())
+            unknown = sorted(set(labels or []) - set(self.labels))
+            if unknown:
+                raise ValueError(f"unknown objectives {unknown}; this server scores {self.labels}")
+            infos = await self.describe()
+            for i in [self.labels.index(x) for x in labels] if labels else range(len(self.specs)):
+                inputs.require(infos[i].inputs, infos[i].who)
+        except ValueError as err:
+            return JSONResponse({"error": str(err)}, status_code=400)
+        try:
+            scored = await self.score(inputs, labels)
+        except RewardServerError as err:
+            return JSONResponse({"error": str(err), "objective": err.objective}, status_code=503)
+        return Response(encode_scores(scored.scores, labels or self.labels), media_type="application/octet-stream")
+
+
+def _info_json(info: RewardInfo) -> dict[str, Any]:
+    # JSON has no infinity: an unbounded end of the range is null.
+    return {"label": info.label, "name": info.name, "inputs": list(info.inputs), "direction": info.direction,
+            "range": [None if math.isinf(v) else v for v in info.range]}
+
+
+async def _http(spec: RewardSpec, method: str, path: str, timeout_s: float, data: bytes | None = None) -> bytes:
+    """``method {spec.url}{path}``; every failure is a ``RewardServerError`` naming the objective and URL."""
+    import aiohttp
+
+    url = spec.url.rstrip("/") + path
+    who = f"reward server {_who(spec)} at {url}"
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
+            async with session.request(method, url, data=data) as resp:
+                body = await resp.read()
+                if resp.status != 200:
+                    raise RewardServerError(f"{who} answered HTTP {resp.status}: {body[:300].decode(errors='replace')}",
+                                            spec.display)
+                return body
+    except asyncio.TimeoutError:
+        raise RewardServerError(f"{who} timed out after {timeout_s:g}s", spec.display) from None
+    except aiohttp.ClientError as err:
+        raise RewardServerError(f"{who} is unreachable: {type(err).__name__}: {err}", spec.display) from None
+
+
+async def score_remote(spec: RewardSpec, inputs: RewardInputs, timeout_s: float) -> np.ndarray:
+    """``[B]`` scores of the objective labelled ``spec.display`` on the reward server at ``spec.url``."""
+    scores, _ = decode_scores(await _http(spec, "POST", "/score", timeout_s, encode_batch(inputs, [spec.display])))
+    return scores[:, 0]
+
+
+async def describe_remote(spec: RewardSpec, timeout_s: float) -> RewardInfo:
+    """The remote objective's metadata; its label and name must match ``spec``."""
+    infos = json.loads(await _http(spec, "GET", "/objectives", timeout_s))
+    match = [i for i in infos if i["label"] == spec.display]
+    if not match or match[0]["name"] != spec.name:
+        served = [f"{i['label']} ({i['name']})" for i in infos]
+        raise RewardServerError(f"reward server at {spec.url} serves no objective {_who(spec)}; it serves {served}",
+                                spec.display)
+    lo, hi = match[0]["range"]
+    return RewardInfo(spec.display, spec.name, tuple(match[0]["inputs"]),
+                      (-math.inf if lo is None else lo, math.inf if hi is None else hi), match[0]["direction"])
 
 
 # One access-log line per scoring call would drown the training progress; warnings still show.
@@ -113,17 +219,22 @@ def build_app(cfg: RewardsConfig) -> serve.Application:
     """The router bound to one deployment per objective, with the config's resources and batching."""
     objectives = []
     for spec in cfg.objectives:
+        if spec.url is not None:
+            objectives.append(None)  # scored over HTTP by the router
+            continue
         # Resolved here, in the driver, so unknown names fail before anything deploys and rewards
         # registered only in the driver's process still build in the replicas.
         factory = reward_factory(spec.name)
+        ongoing = spec.max_ongoing_requests or cfg.max_ongoing_requests
         objectives.append(
             RewardDeployment.options(
                 name=deployment_name(spec.display),
-                num_replicas=cfg.num_replicas,
-                max_ongoing_requests=cfg.max_ongoing_requests,
-                ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
+                num_replicas=spec.num_replicas or cfg.num_replicas,
+                max_ongoing_requests=ongoing,
+                ray_actor_options={"num_cpus": cfg.num_cpus,
+                                   "num_gpus": cfg.num_gpus if spec.num_gpus is None else spec.num_gpus},
                 logging_config=QUIET_LOGS,
-            ).bind(spec.model_dump(), factory, cfg.max_batch_size, cfg.batch_wait_timeout_s)
+            ).bind(spec.model_dump(), factory, min(cfg.max_batch_size, ongoing), cfg.batch_wait_timeout_s)
         )
     return RewardRouter.options(
         name=ROUTER_NAME,
@@ -157,7 +268,7 @@ def deploy_rewards(cfg: RewardsConfig, app_name: str = "rewards") -> DeploymentH
     app = build_app(cfg)
     start_serve()
     try:
-        return serve.run(app, name=app_name, route_prefix=None)
+        return serve.run(app, name=app_name, route_prefix=cfg.route_prefix)
     except RuntimeError as err:
         failed = _failed_objectives(cfg, app_name)
         serve.delete(app_name)
