@@ -98,14 +98,18 @@ def test_vllm_server_matches_transformers(qwen_dir, vllm_url, rubric):
     assert np.ptp(local.score(inputs)) > 1e-2  # the images really score differently
 
 
+# A file with a main guard: vLLM spawns its engine process, which re-imports the main module.
 ENGINE_SCRIPT = """
-import json, sys, numpy as np
+import json, sys
+import numpy as np
 from reward_servers.base import RewardInputs
 from reward_servers.vlm_judge import VlmJudge
-z = np.load(sys.argv[1])
-judge = VlmJudge(sys.argv[2], backend="vllm", engine_args=json.loads(sys.argv[3]))
-lp = judge.digit_logprobs(RewardInputs(z["samples"], list(z["prompts"])))
-print("DIGIT_LOGPROBS", json.dumps(lp.tolist()))
+
+if __name__ == "__main__":
+    z = np.load(sys.argv[1])
+    judge = VlmJudge(sys.argv[2], backend="vllm", engine_args=json.loads(sys.argv[3]))
+    lp = judge.digit_logprobs(RewardInputs(z["samples"], list(z["prompts"])))
+    print("DIGIT_LOGPROBS", json.dumps(lp.tolist()))
 """
 
 
@@ -113,7 +117,9 @@ def test_vllm_engine_backend_matches_transformers(qwen_dir, tmp_path):
     # The engine backend runs where vLLM is installed: here a process of the vLLM environment.
     inputs = batch(False)
     np.savez(tmp_path / "batch.npz", samples=inputs.samples, prompts=np.array(inputs.prompts))
-    out = subprocess.run([str(VLLM_PYTHON), "-c", ENGINE_SCRIPT, str(tmp_path / "batch.npz"), qwen_dir,
+    script = tmp_path / "engine_judge.py"
+    script.write_text(ENGINE_SCRIPT)
+    out = subprocess.run([str(VLLM_PYTHON), str(script), str(tmp_path / "batch.npz"), qwen_dir,
                           json.dumps(ENGINE_ARGS)], env=VLLM_ENV, capture_output=True, text=True,
                          timeout=START_TIMEOUT_S)
     lines = [line for line in out.stdout.splitlines() if line.startswith("DIGIT_LOGPROBS")]
