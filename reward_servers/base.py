@@ -22,11 +22,12 @@ class RewardInputs:
     """One batch to score: ``B`` samples plus the prompts / source images some rewards need."""
 
     samples: np.ndarray
-    """``[B, ...]`` float32: 2-D points for toy2d, ``[B, C, H, W]`` images in [0, 1] otherwise."""
+    """``[B, ...]`` float32: 2-D points for toy2d; images are ``[B, 3, H, W]`` (channels first) in [0, 1]
+    (``reward_servers.codecs``)."""
     prompts: list[str] | None = None
     """``B`` text prompts (instruction for editing tasks)."""
     source_images: np.ndarray | None = None
-    """``[B, C, H, W]`` float32 source images of an editing task."""
+    """``[B, 3, H, W]`` float32 source images in [0, 1] of an editing task (same layout as ``samples``)."""
 
     def __post_init__(self) -> None:
         self.samples = np.asarray(self.samples, dtype=np.float32)

@@ -47,9 +47,11 @@ def test_short_train_logs_everything(ray_local, tiny_base, tmp_path):
     history = client.get_metric_history(run.info.run_id, "reward/target_a")
     assert sorted(m.step for m in history) == list(range(1, 7))
     for key in ("loss/policy", "loss/kl", "loop/staleness", "loop/samples_per_s", "time/train_s",
-                "sweep/r_target_b"):
+                "sweep/r_target_b", "reward_std/target_a", "reward_max/target_b", "reward_latency_s/target_b"):
         assert key in run.data.metrics, key
     assert any(k.startswith("reward_by_pref/target_a/") for k in run.data.metrics)
+    assert run.data.metrics["reward_min/target_a"] <= run.data.metrics["reward/target_a"]
+    assert run.data.metrics["reward_latency_s/target_a"] > 0
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "scatter", "eval"} <= artifacts
     assert max(m.value for m in client.get_metric_history(run.info.run_id, "loop/staleness")) <= 1

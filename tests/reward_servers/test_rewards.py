@@ -145,9 +145,18 @@ def test_local_client_scores_every_objective_in_order():
         assert client.objective_names == ["near", "right", "words"]
         assert client.directions == ["max", "max", "max"]
         assert client.ranges == [(-math.inf, 0.0), (-math.inf, math.inf), (0.0, math.inf)]
-        scores = client.submit(RewardInputs(np.array([[0, 0], [3, 4]]), ["ab", "abcd"])).result()
+        pending = client.submit(RewardInputs(np.array([[0, 0], [3, 4]]), ["ab", "abcd"]))
+        scores = pending.result()
     np.testing.assert_allclose(scores, [[-5, 0, 2], [0, 3, 4]])
+    assert set(pending.latency_s) == {"near", "right", "words"} and min(pending.latency_s.values()) > 0
     assert scores.dtype == np.float32
+
+
+def test_local_client_cannot_reach_external_servers():
+    remote = RewardSpec(name="toy2d_axis", label="right", url="http://127.0.0.1:1/rewards")
+    with pytest.raises(ValueError, match=r"objectives \['right'\] have a 'url'; external reward servers need "
+                                         "rewards.backend='serve'"):
+        RewardClient(local_config(remote))
 
 
 def test_local_client_rejects_missing_inputs_before_scoring():
