@@ -115,11 +115,18 @@ class LearnerWorker:
     def load_optimizer(self, directory: str, tag: str) -> None:
         self.engine.load_checkpoint(directory, tag=tag, load_module_strict=False)
 
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
     def shutdown(self) -> None:
         destroy_process_group()
 
 
 LearnerActor = ray.remote(LearnerWorker)
+
+
+class LearnerDiedError(RuntimeError):
+    """A learner rank died; the job must be resumed from its last checkpoint."""
 
 
 class LearnerGroup:
@@ -140,7 +147,12 @@ class LearnerGroup:
         """Split ``shard`` over the ranks, run one optimizer step, average the ranks' metrics."""
         shards = shard.split(len(self.workers))
         num_micro = max(1, math.ceil(max(len(s) for s in shards) / self.cfg.learner.micro_batch_size))
-        results = ray.get([w.train_step.remote(s, step, num_micro) for w, s in zip(self.workers, shards)])
+        try:
+            results = ray.get([w.train_step.remote(s, step, num_micro) for w, s in zip(self.workers, shards)])
+        except ray.exceptions.RayActorError as err:
+            # A rank that dies takes the collective with it; the driver's checkpoint is the recovery point.
+            raise LearnerDiedError(f"a learner rank died during step {step} ({type(err).__name__}); "
+                                   "restart the job with --resume to continue from its last checkpoint") from err
         return {k: sum(r[k] for r in results) / len(results) for k in results[0]}
 
     def _grad_norm(self) -> float:

@@ -31,6 +31,7 @@ class RolloutWorker:
         self.policy = build_policy(self.cfg.model, self.cfg.num_objectives, base_checkpoint).eval().to(self.device)
         self.version = 0
         self.actor_index = actor_index
+        self.offloaded = False
 
     def apply_weights(self, handle: WeightHandle | None) -> int:
         """Load the published weights if they are newer than what this actor holds."""
@@ -39,9 +40,19 @@ class RolloutWorker:
             self.version = handle.version
         return self.version
 
+    def offload(self) -> None:
+        """Colocated mode: move the model off the GPU while the learner trains on it."""
+        if self.device.type == "cuda":
+            self.policy.to("cpu")
+            torch.cuda.empty_cache()
+        self.offloaded = True
+
     def generate(self, groups: list[GroupSpec], handle: WeightHandle | None = None) -> RolloutBatch:
         """Sample ``rollout.group_size`` samples for each group with the newest weights offered."""
         start = time.time()
+        if self.offloaded:
+            self.policy.to(self.device)
+            self.offloaded = False
         self.apply_weights(handle)
         batch = sample_groups(self.policy.velocity, groups, self.cfg.rollout.group_size, self.policy.sample_shape,
                               self.cfg.rollout.sampler, self.version, self.device)
@@ -50,6 +61,13 @@ class RolloutWorker:
 
     def ping(self) -> int:
         return self.version
+
+    def was_restarted(self) -> bool:
+        """True in an actor Ray restarted after a crash."""
+        return ray.get_runtime_context().was_current_actor_reconstructed
+
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
 
 
 RolloutActor = ray.remote(RolloutWorker)

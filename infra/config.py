@@ -254,6 +254,52 @@ class RayConfig(Strict):
     """Local cluster only: GPUs to offer (logical GPUs are fine for placement tests)."""
 
 
+class PoolConfig(Strict):
+    """How one role's actors are reserved on a cluster: one bundle per actor (rank)."""
+
+    strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    """Placement-group strategy: PACK keeps a pool on few nodes, SPREAD spreads it over many."""
+    resources: dict[str, float] = Field(default_factory=dict)
+    """Custom resources each bundle needs, e.g. ``{rollout_pool: 1}`` to pin the pool to node types."""
+    memory_gb: float | None = Field(None, gt=0)
+    """Memory reserved per bundle (None: no reservation)."""
+
+
+class ClusterConfig(Strict):
+    """Resource pools, colocation, back-pressure and fault tolerance."""
+
+    placement_groups: bool = False
+    """Reserve the rollout and learner pools as Ray placement groups (gang-scheduled; a pool that
+    cannot fit fails at start-up with a clear error). False: plain per-actor resource requests."""
+    rollout: PoolConfig = Field(default_factory=PoolConfig)
+    learner: PoolConfig = Field(default_factory=PoolConfig)
+    colocate: bool = False
+    """Rollout actors share the learner's bundles (fractional GPUs): rollout i goes in bundle
+    ``i % learner.world_size`` and its model is offloaded while the learner trains. Needs
+    ``loop.max_staleness=0`` and ``placement_groups=true``."""
+    max_inflight_groups: int | None = Field(None, ge=1)
+    """Back-pressure: groups the driver may have issued but not yet trained (None: as many as
+    ``loop.max_staleness`` allows)."""
+    rollout_max_restarts: int = Field(3, ge=0)
+    """A dead rollout actor is restarted up to this many times and its in-flight calls re-run."""
+    ready_timeout_s: float = Field(120.0, gt=0)
+    """How long to wait for a placement group before failing with the resources it asked for."""
+
+
+class SimulationConfig(Strict):
+    """Stage-cost simulation: stand-in costs replace GPU work so orchestration can be measured on a
+    laptop. Real-size sample payloads still travel through the object store."""
+
+    enabled: bool = False
+    rollout_s_per_sample: float = Field(0.001, ge=0)
+    reward_s_per_sample: float = Field(0.0005, ge=0)
+    """Charged once per objective server, which run concurrently."""
+    train_s_per_sample: float = Field(0.001, ge=0)
+    """Charged per learner rank on its shard."""
+    sample_bytes: int = Field(4096, ge=8)
+    """Payload per sample (e.g. a 512px SD3 latent is 16*64*64*2 bytes = 128 KiB)."""
+
+
 class Config(Strict):
     """The whole job."""
 
@@ -270,6 +316,8 @@ class Config(Strict):
     loop: LoopConfig = Field(default_factory=LoopConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    simulate: SimulationConfig = Field(default_factory=SimulationConfig)
 
     @field_validator("name")
     @classmethod
@@ -299,6 +347,14 @@ class Config(Strict):
                 f"algorithm.train_timesteps ({a.train_timesteps}) must be <= "
                 f"rollout.sampler.num_steps ({self.rollout.sampler.num_steps}) for grpo"
             )
+        c = self.cluster
+        if c.colocate and (not c.placement_groups or self.loop.max_staleness != 0):
+            raise ValueError("cluster.colocate needs cluster.placement_groups=true and loop.max_staleness=0 "
+                             "(colocated rollouts and learner take turns on the same GPUs)")
+        groups_per_step = self.rollout.prompts_per_step * self.preferences.slots_per_prompt
+        if c.max_inflight_groups is not None and c.max_inflight_groups < groups_per_step:
+            raise ValueError(f"cluster.max_inflight_groups ({c.max_inflight_groups}) must be >= the groups of "
+                             f"one step ({groups_per_step} = rollout.prompts_per_step x preferences.slots_per_prompt)")
         if a.fixed_preference is not None:
             w = a.fixed_preference
             if len(w) != self.num_objectives:

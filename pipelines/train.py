@@ -34,6 +34,7 @@ from actors.rollout_actor import RolloutActor
 from actors.weight_sync import ObjectStoreWeightSync, WeightHandle
 from infra.checkpoint import load_latest_checkpoint, save_checkpoint
 from infra.config import Config, dump_config
+from infra.pools import build_pools, release_pools
 from infra.ray_init import start_ray
 from infra.tracking import Tracker
 from pipelines.evaluate import SweepResult, evaluate_sweep
@@ -109,18 +110,26 @@ class Trainer:
 
         start_ray(cfg.ray)
         self.rewards = RewardClient(cfg.rewards)
-        self.learner = LearnerGroup(cfg, self.base_checkpoint)
+        self.rollout_pool, self.learner_pool = build_pools(cfg)
+        self.learner = LearnerGroup(cfg, self.base_checkpoint,
+                                    [self.learner_pool.options(r) for r in range(cfg.learner.world_size)])
         self.sync = ObjectStoreWeightSync()
         cfg_json = cfg.model_dump_json()
-        ro = cfg.rollout
-        self.actors = [RolloutActor.options(num_cpus=ro.num_cpus_per_actor, num_gpus=ro.num_gpus_per_actor)
-                       .remote(cfg_json, self.base_checkpoint, i) for i in range(ro.num_actors)]
+        restarts = cfg.cluster.rollout_max_restarts
+        # A restarted actor re-runs its pending calls; each call carries its weight handle.
+        self.actors = [RolloutActor.options(**self.rollout_pool.options(i), max_restarts=restarts,
+                                            max_task_retries=restarts)
+                       .remote(cfg_json, self.base_checkpoint, i) for i in range(cfg.rollout.num_actors)]
         if restored is not None:
             self._restore(*restored)
         self.tracker = Tracker.start(cfg, run_id=self.state.mlflow_run_id)
         self.state.mlflow_run_id = self.tracker.run_id
         self.handle: WeightHandle = self.sync.publish(self.state.version + 1, self.learner.sampling_weights())
         self.clock = StageClock()
+        groups_per_step = cfg.rollout.prompts_per_step * cfg.preferences.slots_per_prompt
+        cap = cfg.cluster.max_inflight_groups
+        # Steps whose groups may be out at once: bounded by staleness and by back-pressure.
+        self.max_steps_ahead = min(cfg.loop.max_staleness + 1, (cap or 10**9) // groups_per_step)
 
     # ---- checkpoints -------------------------------------------------------------------------
     def _restore(self, step: int, blob: dict) -> None:
@@ -170,6 +179,8 @@ class Trainer:
                            sample_seeds=seed + torch.arange(len(batch)), seed=seed,
                            trajectory=batch.trajectory)
         t0 = time.perf_counter()
+        if self.cfg.cluster.colocate:
+            ray.get([a.offload.remote() for a in self.actors])  # free the shared GPUs for the learner
         metrics = self.learner.train_step(shard, step)
         self.clock.add("train", time.perf_counter() - t0)
         t0 = time.perf_counter()
@@ -206,7 +217,7 @@ class Trainer:
                    mininterval=0.5 if sys.stderr.isatty() else 15.0)
         try:
             while st.step < total:
-                while next_issue < total and len(in_flight) <= cfg.loop.max_staleness:
+                while next_issue < total and len(in_flight) < self.max_steps_ahead:
                     in_flight.append((next_issue, self.issue_rollouts(next_issue)))
                     next_issue += 1
                 step, refs = in_flight.popleft()
@@ -260,8 +271,9 @@ class Trainer:
     def close(self) -> None:
         self.learner.shutdown()
         for a in self.actors:
-            ray.kill(a)
+            ray.kill(a, no_restart=True)
         self.rewards.close()
+        release_pools(self.rollout_pool, self.learner_pool)
 
 
 def prune_learner_checkpoints(run_dir: Path) -> None:

@@ -14,14 +14,15 @@ TINY_MODEL = {"hidden_dim": 32, "num_blocks": 2, "time_embed_dim": 16, "pref_hid
               "lora_alpha": 8}
 
 
-@pytest.fixture(scope="session")
-def ray_local():
-    """A real local Ray with 2 CPUs, shared by every test that needs one."""
+def start_local_ray():
     import ray
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+
+
+def stop_ray() -> None:
+    import ray
+
     try:
         from ray import serve
 
@@ -29,6 +30,34 @@ def ray_local():
     except Exception:  # noqa: BLE001 - Serve may never have started
         pass
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A real local Ray with 2 CPUs, shared by every test that needs one."""
+    import ray
+
+    if not ray.is_initialized():
+        start_local_ray()
+    yield ray
+    stop_ray()
+
+
+@pytest.fixture(scope="module")
+def ray_multinode():
+    """An emulated multi-node cluster (``ray.cluster_utils.Cluster``) with logical GPUs.
+
+    Takes the session's Ray down for the test and brings a fresh local one back afterwards.
+    """
+    import ray
+    from ray.cluster_utils import Cluster
+
+    stop_ray()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    yield cluster
+    stop_ray()
+    cluster.shutdown()
+    start_local_ray()
 
 
 @pytest.fixture(scope="session")
