@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from pathlib import Path
 
 import ray
 import torch
 
+from actors.weight_sync import CollectiveGroup
 from infra.config import Config
 from infra.deepspeed_config import deepspeed_config
 from infra.distributed import destroy_process_group, init_process_group, pick_master_address
@@ -52,6 +54,9 @@ class LearnerWorker:
 
     def train_step(self, shard: TrainShard, step: int, num_micro: int) -> dict[str, float]:
         """One optimizer step over ``shard`` in ``num_micro`` micro-batches (same count on every rank)."""
+        if self.cfg.simulate.enabled:
+            time.sleep(self.cfg.simulate.train_s_per_sample * len(shard))
+            return {"learner/simulated_s": self.cfg.simulate.train_s_per_sample * len(shard)}
         self.policy.train()
         totals: dict[str, float] = {}
         micros = shard.to(self.device).split(num_micro)
@@ -93,6 +98,15 @@ class LearnerWorker:
     @staticmethod
     def _on_cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+
+    def init_weight_group(self, addr: str, port: int, world_size: int, backend: str) -> None:
+        """Rank 0 only: be the root of the collective weight-sync group."""
+        self.weight_group = CollectiveGroup(addr, port, 0, world_size, backend)
+
+    def broadcast_weights(self) -> int:
+        """Broadcast the old (sampling) policy to the rollout actors; returns the bytes sent."""
+        self.weight_group.broadcast_state(self.old_state, int(self.cfg.cluster.weight_sync_bucket_mb * 2**20))
+        return sum(t.numel() * t.element_size() for t in self.old_state.values())
 
     def sampling_weights(self) -> list[ray.ObjectRef]:
         """The old (sampling) policy, put once into the object store by this rank."""

@@ -280,6 +280,12 @@ class ClusterConfig(Strict):
     max_inflight_groups: int | None = Field(None, ge=1)
     """Back-pressure: groups the driver may have issued but not yet trained (None: as many as
     ``loop.max_staleness`` allows)."""
+    weight_sync: Literal["object_store", "collective"] = "object_store"
+    """How sampling weights reach rollout actors: ``object_store`` (``ray.put`` once, actors pull;
+    survives actor restarts) or ``collective`` (bucketed broadcast from learner rank 0 over a
+    gloo/NCCL group, received in the background and applied between rollouts)."""
+    weight_sync_bucket_mb: float = Field(64.0, gt=0)
+    """Bucket size of the collective broadcast."""
     rollout_max_restarts: int = Field(3, ge=0)
     """A dead rollout actor is restarted up to this many times and its in-flight calls re-run."""
     ready_timeout_s: float = Field(120.0, gt=0)
@@ -288,12 +294,11 @@ class ClusterConfig(Strict):
 
 class SimulationConfig(Strict):
     """Stage-cost simulation: stand-in costs replace GPU work so orchestration can be measured on a
-    laptop. Real-size sample payloads still travel through the object store."""
+    laptop. Real-size sample payloads still travel through the object store. Reward costs are set
+    on the objectives themselves (the ``simulated_cost`` reward)."""
 
     enabled: bool = False
     rollout_s_per_sample: float = Field(0.001, ge=0)
-    reward_s_per_sample: float = Field(0.0005, ge=0)
-    """Charged once per objective server, which run concurrently."""
     train_s_per_sample: float = Field(0.001, ge=0)
     """Charged per learner rank on its shard."""
     sample_bytes: int = Field(4096, ge=8)

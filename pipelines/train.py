@@ -124,7 +124,10 @@ class Trainer:
             self._restore(*restored)
         self.tracker = Tracker.start(cfg, run_id=self.state.mlflow_run_id)
         self.state.mlflow_run_id = self.tracker.run_id
-        self.handle: WeightHandle = self.sync.publish(self.state.version + 1, self.learner.sampling_weights())
+        if cfg.cluster.weight_sync == "collective":
+            self._join_weight_group()
+        self.handle: WeightHandle | None = None
+        self.publish_weights()
         self.clock = StageClock()
         groups_per_step = cfg.rollout.prompts_per_step * cfg.preferences.slots_per_prompt
         cap = cfg.cluster.max_inflight_groups
@@ -151,6 +154,27 @@ class Trainer:
             "weights": self.learner.export_state(),
         })
         prune_learner_checkpoints(self.run_dir)
+
+    # ---- weight sync ---------------------------------------------------------------------------
+    def _join_weight_group(self) -> None:
+        """Learner rank 0 (root) and every rollout actor form the broadcast group."""
+        gpus = self.cfg.learner.num_gpus_per_worker > 0 and self.cfg.rollout.num_gpus_per_actor > 0
+        backend = "nccl" if gpus else "gloo"
+        root = self.learner.workers[0]
+        addr, port = ray.get(root.master_endpoint.remote())
+        world = 1 + len(self.actors)
+        ray.get([root.init_weight_group.remote(addr, port, world, backend)]
+                + [a.init_weight_group.remote(addr, port, i + 1, world, backend) for i, a in enumerate(self.actors)])
+
+    def publish_weights(self) -> None:
+        """Make the learner's sampling (old) policy, as version ``state.version + 1``, the one the
+        next rollouts use."""
+        version = self.state.version + 1
+        if self.cfg.cluster.weight_sync == "collective":
+            root = self.learner.workers[0]
+            ray.get([root.broadcast_weights.remote()] + [a.receive_weights.remote(version) for a in self.actors])
+        else:
+            self.handle = self.sync.publish(version, self.learner.sampling_weights())
 
     # ---- one stage each -------------------------------------------------------------------------
     def issue_rollouts(self, step: int) -> list[ray.ObjectRef]:
@@ -185,7 +209,7 @@ class Trainer:
         self.clock.add("train", time.perf_counter() - t0)
         t0 = time.perf_counter()
         self.state.version += 1
-        self.handle = self.sync.publish(self.state.version + 1, self.learner.sampling_weights())
+        self.publish_weights()
         self.clock.add("weight_sync", time.perf_counter() - t0)
         metrics["loop/staleness"] = float(staleness)
         return metrics
@@ -206,7 +230,7 @@ class Trainer:
         return out
 
     # ---- the loop -------------------------------------------------------------------------------
-    def run(self) -> SweepResult:
+    def run(self) -> SweepResult | None:
         cfg, st = self.cfg, self.state
         total = cfg.loop.steps
         in_flight: collections.deque[tuple[int, list[ray.ObjectRef]]] = collections.deque()
@@ -239,7 +263,7 @@ class Trainer:
                 t0 = time.perf_counter()
                 if st.step % cfg.loop.log_every == 0:
                     self.tracker.log_metrics(metrics, st.step)
-                if st.step % cfg.loop.scatter_every == 0 or st.step == total:
+                if not cfg.simulate.enabled and (st.step % cfg.loop.scatter_every == 0 or st.step == total):
                     self.tracker.log_figure(sample_scatter(batch, cfg, f"step {st.step}"),
                                             f"scatter/step_{st.step:06d}.png")
                 if st.step % cfg.loop.checkpoint_every == 0 or st.step == total:
@@ -249,7 +273,7 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix({n: f"{metrics[f'reward/{n}']:.2f}" for n in cfg.objective_names})
             bar.close()
-            result = self.final_sweep()
+            result = None if cfg.simulate.enabled else self.final_sweep()
             self.tracker.end("FINISHED")
             return result
         except KeyboardInterrupt:
@@ -312,8 +336,8 @@ def print_sweep(result: SweepResult) -> None:
     console.print(table)
 
 
-def train(cfg: Config, resume: bool = False, progress: bool = True) -> SweepResult:
-    """Run one training job end to end (pre-training the base if needed)."""
+def train(cfg: Config, resume: bool = False, progress: bool = True) -> SweepResult | None:
+    """Run one training job end to end (pre-training the base if needed); ``None`` when simulating."""
     trainer = Trainer(cfg, resume=resume, progress=progress)
     try:
         return trainer.run()

@@ -7,6 +7,9 @@ import os
 import pytest
 import torch
 
+from infra.config import Config
+from policies.preferences import plan_groups
+
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
@@ -70,3 +73,20 @@ def tiny_base(tmp_path_factory):
     torch.manual_seed(0)
     save_base(build_backbone(ModelConfig(**TINY_MODEL), 2), ModelConfig(**TINY_MODEL), path)
     return path
+
+
+def tiny_cfg(tmp_path, base, **loop) -> Config:
+    overrides = {
+        "run_dir": str(tmp_path / "run"),
+        "model": TINY_MODEL,
+        "pretrain": {"checkpoint": str(base)},
+        "rollout": {"prompts_per_step": 2, "group_size": 4, "sampler": {"num_steps": 3}},
+        "preferences": {"slots_per_prompt": 2, "sweep_points": 3},
+        "loop": {"steps": 6, "checkpoint_every": 3, "scatter_every": 3, "eval_samples": 16, **loop},
+        "tracking": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+    }
+    return Config.model_validate(overrides)
+
+
+def all_group_ids(cfg: Config, steps: int) -> list[tuple[int, int, int]]:
+    return [g.gid for s in range(steps) for g in plan_groups(cfg, s)]

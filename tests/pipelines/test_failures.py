@@ -15,7 +15,7 @@ from infra.checkpoint import load_latest_checkpoint
 from pipelines import train as train_mod
 from reward_servers.base import RewardInputs, RewardServerError
 from reward_servers.registry import register
-from test_train import all_group_ids, tiny_cfg
+from conftest import all_group_ids, tiny_cfg
 
 
 def consumed_ids(cfg) -> list[tuple[int, int, int]]:
