@@ -314,8 +314,8 @@ class ServeConfig(Strict):
 
     host: str = "127.0.0.1"
     """Address the Serve HTTP proxy binds; loopback by default, ``0.0.0.0`` exposes it."""
-    port: int = Field(8000, ge=0, le=65535)
-    """HTTP port (0 = any free port)."""
+    port: int = Field(8000, ge=1, le=65535)
+    """HTTP port of the endpoint."""
     num_replicas: int = Field(1, ge=1)
     num_cpus: float = Field(0.5, ge=0)
     """CPUs reserved per model replica."""

@@ -65,7 +65,7 @@ class Objective:
     """Registry name of the reward that scored it during training."""
     args: dict[str, Any]
     description: str
-    """First line of the reward's docstring."""
+    """First line of the reward's docstring, with the reward's arguments."""
 
 
 @dataclass(frozen=True)
@@ -98,8 +98,9 @@ def _sha256(path: Path) -> str:
 def _describe(spec) -> str:
     from reward_servers.registry import reward_factory
 
-    doc = (reward_factory(spec.name).__doc__ or "").strip()
-    return doc.splitlines()[0] if doc else spec.display
+    doc = (reward_factory(spec.name).__doc__ or "").strip().replace("``", "")
+    args = ", ".join(f"{k}={v}" for k, v in spec.args.items())
+    return (doc.splitlines()[0] if doc else spec.name) + (f" ({args})" if args else "")
 
 
 class SliderModel:
@@ -240,7 +241,8 @@ class SliderModel:
 
         draw.line([px(-lim, 0), px(lim, 0)], fill=(220, 220, 220))
         draw.line([px(0, -lim), px(0, lim)], fill=(220, 220, 220))
-        colour = tuple(int(255 * c) for c in preference_colours(np.asarray([preference]))[0])
+        # Darkened: the two-objective colour map is pale grey in the middle of the slider.
+        colour = tuple(int(190 * c) for c in preference_colours(np.asarray([preference]))[0])
         r = max(1.0, min(width, height) / 160)
         for x, y in points:
             cx, cy = px(float(x), float(y))
