@@ -10,6 +10,7 @@ model directory or a training run directory, and gives the same model for each.
 from __future__ import annotations
 
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -93,13 +94,16 @@ def register_model(run_dir: str | Path, name: str | None = None, tracking_uri: s
     name = name or cfg.registry.model_name or cfg.name
     with tempfile.TemporaryDirectory() as tmp:
         exported = slider.export(Path(tmp) / SLIDER_ARTIFACT)
-        mlflow.pyfunc.save_model(
-            Path(tmp) / MODEL_ARTIFACT, python_model=str(PYFUNC_CODE),
-            artifacts={SLIDER_ARTIFACT: str(exported)}, signature=_signature(),
-            # Listed, not inferred: inference would load the model in a subprocess to trace imports.
-            pip_requirements=["paretoslider", f"mlflow=={mlflow.__version__}"],
-            metadata={"objectives": slider.objective_labels, "model_kind": cfg.model.kind, "step": slider.step},
-        )
+        with warnings.catch_warnings():
+            # An input example would make MLflow load and run the model while saving it.
+            warnings.filterwarnings("ignore", message=".*An input example was not provided")
+            mlflow.pyfunc.save_model(
+                Path(tmp) / MODEL_ARTIFACT, python_model=str(PYFUNC_CODE),
+                artifacts={SLIDER_ARTIFACT: str(exported)}, signature=_signature(),
+                # Listed, not inferred: inference would load the model in a subprocess to trace imports.
+                pip_requirements=["paretoslider", f"mlflow=={mlflow.__version__}"],
+                metadata={"objectives": slider.objective_labels, "model_kind": cfg.model.kind, "step": slider.step},
+            )
         client.log_artifacts(run.info.run_id, str(Path(tmp) / MODEL_ARTIFACT), MODEL_ARTIFACT)
     try:
         client.create_registered_model(name, description="ParetoSlider: one model, a slider over rewards")

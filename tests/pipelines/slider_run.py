@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from conftest import TINY_MODEL
 from infra.config import Config
 
@@ -48,3 +50,16 @@ def target(cfg: Config, label: str):
     import numpy as np
 
     return np.asarray(next(o.args["target"] for o in cfg.rewards.objectives if o.label == label))
+
+
+# Fixtures for the test modules that import them (module scope; the training itself is shared).
+@pytest.fixture(scope="module")
+def cfg(ray_local, tmp_path_factory) -> Config:
+    return trained_slider(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def model(cfg):
+    from pipelines.slider_model import SliderModel
+
+    return SliderModel.from_run_dir(cfg.run_dir)

@@ -23,7 +23,7 @@ from ray import serve
 
 from pipelines.serve import deploy_slider
 from pipelines.slider_model import GenerationSpec, SliderModel
-from slider_run import MODEL_NAME, target, trained_slider
+from slider_run import MODEL_NAME, cfg, model, target  # noqa: F401 - cfg, model: fixtures
 
 TOKEN = "test-token-123"
 POINTS = 64
@@ -34,16 +34,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def cfg(ray_local, tmp_path_factory):
-    return trained_slider(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def model(cfg) -> SliderModel:
-    return SliderModel.from_run_dir(cfg.run_dir)
 
 
 @pytest.fixture(scope="module")

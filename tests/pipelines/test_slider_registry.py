@@ -14,17 +14,7 @@ from typer.testing import CliRunner
 
 from pipelines.registry import load_slider
 from pipelines.slider_model import GenerationSpec, InvalidRequest, SliderModel
-from slider_run import MODEL_NAME, target, trained_slider
-
-
-@pytest.fixture(scope="module")
-def cfg(ray_local, tmp_path_factory):
-    return trained_slider(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def model(cfg) -> SliderModel:
-    return SliderModel.from_run_dir(cfg.run_dir)
+from slider_run import MODEL_NAME, cfg, model, target  # noqa: F401 - cfg, model: fixtures
 
 
 SPECS = [GenerationSpec((1.0, 0.0), seed=3, steps=4, num_samples=64),
