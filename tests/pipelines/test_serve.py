@@ -44,6 +44,7 @@ def url(cfg):
         "port": free_port(), "require_token": True, "points_per_request": POINTS, "max_batch_size": 8,
         "batch_wait_timeout_s": 0.05, "max_steps": 20, "max_size": 512, "max_body_bytes": MAX_BODY,
         "num_cpus": 0.5})})
+    serve.shutdown()  # an earlier module's reward servers may have left Serve on a random port
     endpoint = deploy_slider(serve_cfg, f"models:/{MODEL_NAME}/1")
     yield endpoint.url
     endpoint.close()
