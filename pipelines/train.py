@@ -274,6 +274,8 @@ class Trainer:
                 bar.set_postfix({n: f"{metrics[f'reward/{n}']:.2f}" for n in cfg.objective_names})
             bar.close()
             result = None if cfg.simulate.enabled else self.final_sweep()
+            if cfg.registry.register_on_finish and not cfg.simulate.enabled:
+                self.register()
             self.tracker.end("FINISHED")
             return result
         except KeyboardInterrupt:
@@ -291,6 +293,14 @@ class Trainer:
         log_sweep(self.tracker, result, self.state.step)
         print_sweep(result)
         return result
+
+    def register(self) -> None:
+        """Log the EMA model of the last checkpoint as an MLflow pyfunc model and register it."""
+        from pipelines.registry import register_model
+
+        version = register_model(self.run_dir, tracking_uri=self.cfg.tracking.tracking_uri)
+        self.tracker.set_tags({"paretoslider.registered_model": f"models:/{version.name}/{version.version}"})
+        console.print(f"registered models:/{version.name}/{version.version}")
 
     def close(self) -> None:
         self.learner.shutdown()
