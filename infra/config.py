@@ -111,6 +111,8 @@ class RewardsConfig(Strict):
     num_cpus: float = Field(0.1, ge=0)
     """CPUs reserved per reward replica (fractional so a 2-core laptop fits the whole loop)."""
     num_gpus: float = Field(0.0, ge=0)
+    resources: dict[str, float] = Field(default_factory=dict)
+    """Custom resources per replica, e.g. ``{reward_pool: 1}`` to keep judges on the reward nodes."""
     timeout_s: float = Field(60.0, gt=0)
     """Per-call timeout; a hung reward server fails the step with an error naming it."""
     retries: int = Field(2, ge=0)
