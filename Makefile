@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # vLLM (CPU build) lives in its own venv: it pins its own torch / transformers.
 VLLM_VENV ?= .venv-vllm
 
-.PHONY: setup train test test-fast bench bench-rewards vllm-env clean
+.PHONY: setup browser train test test-fast bench bench-rewards vllm-env clean
 
 setup: $(VENV)/.installed
 
@@ -18,18 +18,24 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@
 
+# Headless Chromium + ChromeDriver (Debian packages) for the slider-page browser test; needs root/apt.
+browser:
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || { \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; }
+
 train: setup
 	$(BIN)/paretoslider train -c configs/toy2d.yaml
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest -q -m "not slow"
 	$(BIN)/python -m pytest -q -m slow
 
-test-fast: setup
+test-fast: setup browser
 	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: setup
 	$(BIN)/python benchmarks/loop_overlap.py
+	$(BIN)/python benchmarks/serve_load.py
 
 bench-rewards: setup
 	$(BIN)/python benchmarks/reward_throughput.py

@@ -232,7 +232,8 @@ def build_app(cfg: RewardsConfig) -> serve.Application:
                 num_replicas=spec.num_replicas or cfg.num_replicas,
                 max_ongoing_requests=ongoing,
                 ray_actor_options={"num_cpus": cfg.num_cpus,
-                                   "num_gpus": cfg.num_gpus if spec.num_gpus is None else spec.num_gpus},
+                                   "num_gpus": cfg.num_gpus if spec.num_gpus is None else spec.num_gpus,
+                                   "resources": dict(cfg.resources)},
                 logging_config=QUIET_LOGS,
             ).bind(spec.model_dump(), factory, min(cfg.max_batch_size, ongoing), cfg.batch_wait_timeout_s)
         )
