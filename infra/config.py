@@ -177,9 +177,10 @@ class AlgorithmConfig(Strict):
 
     objective: Literal["nft", "grpo"] = "nft"
     """``nft``: DiffusionNFT (paper default, ODE samples); ``grpo``: Flow-GRPO (needs sde sampler)."""
-    scalarisation: Literal["late", "early"] = "late"
+    scalarisation: Literal["late", "early", "tchebycheff"] = "late"
     """``late``: per-objective group-normalised advantages weighted by w (ParetoSlider);
-    ``early``: reward = fixed weighted sum, normalised once (fixed-weight baselines)."""
+    ``early``: reward = fixed weighted sum, normalised once (fixed-weight baselines);
+    ``tchebycheff``: ``-max_m w_m (1 - r~_m)`` on batch-range-normalised rewards (reaches concave fronts)."""
     fixed_preference: list[float] | None = None
     """Train every sample at this single ``w`` instead of sampling (fixed-weight baselines)."""
     adv_clip: float = Field(5.0, gt=0)
