@@ -189,11 +189,12 @@ def evaluate_seed(cfg: Config, seed: int, runs: list[TrainingRun], score: Score,
 def concat_points(method: str, parts: list[FrontPoints]) -> FrontPoints:
     return FrontPoints(method, np.concatenate([p.preferences for p in parts]),
                        np.concatenate([p.mean for p in parts]), np.concatenate([p.half_width for p in parts]),
-                       np.concatenate([p.drift for p in parts]))
+                       np.concatenate([p.drift for p in parts]), [r for p in parts for r in p.sample_rewards])
 
 
 SUMMARY_COLUMNS = [("training_runs", "training runs", "{:.0f}"), ("total_samples", "total samples", "{:,.0f}"),
                    ("hypervolume", "hypervolume", "{:.3f}"), ("hv_ratio_to_slider", "HV / slider", "{:.3f}"),
+                   ("sample_hv", "per-sample HV", "{:.3f}"),
                    ("dominated_by_slider", "points dominated by slider front", "{:.1f}"),
                    ("matched_slider_better", "matched w: slider dominates", "{:.1f}"),
                    ("matched_slider_worse", "matched w: slider dominated", "{:.1f}"), ("drift", "drift", "{:.3f}")]

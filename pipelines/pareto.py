@@ -16,7 +16,8 @@ import numpy as np
 from infra.checkpoint import load_latest_checkpoint
 from infra.config import Config
 from pipelines.evaluate import sample_sweep
-from policies.fronts import hypervolume, mean_interval, nearest_distance, non_dominated, reference_point, slider_monotonicity
+from policies.fronts import (hypervolume, mean_interval, nearest_distance, non_dominated, reference_point,
+                             sample_hypervolume, slider_monotonicity)
 from policies.policy import Policy, build_policy
 from reward_servers.base import RewardInputs
 from reward_servers.client import RewardClient
@@ -41,6 +42,8 @@ class FrontPoints:
     """``[P, M]`` half-width of the ``evaluation.confidence`` interval of each mean."""
     drift: np.ndarray
     """``[P]`` mean distance from a sample to its nearest base-model sample (same noise seed)."""
+    sample_rewards: list[np.ndarray]
+    """Per point, the ``[N, M]`` per-sample rewards (for per-sample metrics; not written to tables)."""
 
     def rows(self, names: list[str]) -> list[dict]:
         out = []
@@ -89,7 +92,7 @@ def evaluate_points(policy: Policy, cfg: Config, grid: np.ndarray, score: Score,
     stats = [mean_interval(r, ev.confidence) for r in rewards]
     drift = np.array([nearest_distance(s, base.samples) for s in samples])
     return FrontPoints(method, np.asarray(grid, dtype=np.float64), np.stack([m for m, _ in stats]),
-                       np.stack([h for _, h in stats]), drift)
+                       np.stack([h for _, h in stats]), drift, rewards)
 
 
 def evaluate_base(policy: Policy, cfg: Config, score: Score, seed: int) -> tuple[BaseEval, FrontPoints]:
@@ -101,7 +104,8 @@ def evaluate_base(policy: Policy, cfg: Config, score: Score, seed: int) -> tuple
     rewards = score_all(score, [base])[0]
     info = BaseEval(base, rewards, nearest_distance(other, base))
     mean, half = mean_interval(rewards, cfg.evaluation.confidence)
-    point = FrontPoints("base", np.full((1, m), np.nan), mean[None], half[None], np.array([info.self_drift]))
+    point = FrontPoints("base", np.full((1, m), np.nan), mean[None], half[None], np.array([info.self_drift]),
+                        [rewards])
     return info, point
 
 
@@ -114,10 +118,11 @@ def shared_reference(cfg: Config, base: BaseEval) -> np.ndarray:
 
 
 def front_summary(points: FrontPoints, ref: np.ndarray, names: list[str]) -> dict:
-    """Hypervolume, front size, slider monotonicity per objective and mean drift of one method."""
+    """Hypervolume, front size, per-sample HV (mean over points), slider monotonicity and drift."""
     out = {"method": points.method, "points": len(points.mean),
            "front_points": int(non_dominated(points.mean).sum()),
-           "hypervolume": hypervolume(points.mean, ref), "drift": float(points.drift.mean())}
+           "hypervolume": hypervolume(points.mean, ref), "drift": float(points.drift.mean()),
+           "sample_hv": float(np.mean([sample_hypervolume(r, ref) for r in points.sample_rewards]))}
     swept = len(points.mean) > 2 and np.isfinite(points.preferences).all()
     mono = slider_monotonicity(points.preferences, points.mean) if swept else np.full(len(names), np.nan)
     out.update({f"monotonicity_{n}": float(x) for n, x in zip(names, mono)})

@@ -51,7 +51,7 @@ def test_soup_is_the_weighted_sum_of_states():
 
 def points(method, w, r) -> FrontPoints:
     w, r = np.asarray(w, float), np.asarray(r, float)
-    return FrontPoints(method, w, r, np.zeros_like(r), np.zeros(len(r)))
+    return FrontPoints(method, w, r, np.zeros_like(r), np.zeros(len(r)), [r[i:i + 1] for i in range(len(r))])
 
 
 def test_matched_counts_and_markdown():

@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 
 from policies.fronts import (count_dominated, dominates, hypervolume, mean_interval, nearest_distance,
-                             non_dominated, reference_point, slider_monotonicity)
+                             non_dominated, reference_point, sample_hypervolume, slider_monotonicity)
 from policies.preferences import simplex_grid
 
 
@@ -79,3 +79,13 @@ def test_monotonicity_interval_reference_and_drift():
 
     ref_set = np.array([[0.0, 0.0], [10.0, 0.0]])
     assert nearest_distance(np.array([[0.0, 3.0], [6.0, 0.0]]), ref_set, chunk=1) == pytest.approx((3 + 4) / 2)
+
+
+def test_sample_hypervolume_credits_compromises_not_mixtures():
+    ref = np.zeros(2)
+    mixture = np.array([[1.0, 0.0], [0.0, 1.0]])  # mean (0.5, 0.5), but no sample is good at both
+    compromise = np.array([[0.3, 0.3], [0.3, 0.3]])
+    assert sample_hypervolume(mixture, ref) == 0.0
+    assert sample_hypervolume(compromise, ref) == pytest.approx(0.09)
+    assert hypervolume(mixture.mean(0), ref) > hypervolume(compromise.mean(0), ref)
+    assert sample_hypervolume(np.array([[2.0, 3.0], [-1.0, 5.0]]), np.array([1.0, 1.0])) == pytest.approx(2 / 2)
