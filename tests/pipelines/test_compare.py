@@ -98,3 +98,17 @@ def test_compare_end_to_end_on_local_ray(ray_local, tiny_base, tmp_path):
     again = compare(cfg, [0], progress=False)
     assert [r["hypervolume"] for r in again] == pytest.approx([r["hypervolume"] for r in summary])
     assert len(client.search_runs(runs[0].info.experiment_id)) == 5 + 2  # 5 trainings + 2 compare runs
+
+    # `evaluate` on the slider, judged by held-out rewards (Gaussian closeness: scores in [0, 1]).
+    from pipelines.compare import evaluate_run
+
+    held_out = [{"name": "toy2d_target", "label": n, "args": {"target": t, "kind": "gaussian", "scale": 2.0}}
+                for n, t in (("target_a", [4.0, 0.0]), ("target_b", [0.0, 4.0]))]
+    ev_cfg = cfg.model_copy(update={"evaluation": cfg.evaluation.model_copy(update={"rewards": held_out})})
+    ev_cfg = Config.model_validate(ev_cfg.model_dump())
+    result = evaluate_run(ev_cfg, out / "seed0" / "slider", progress=False)
+    front = pq.read_table(out / "seed0" / "slider" / "eval" / "front.parquet").to_pandas()
+    assert list(front.method) == ["slider"] * 3 + ["base"]
+    assert front.r_target_a.between(0, 1).all() and (front.r_target_a > 0).any()
+    assert result["hypervolume"] >= 0 and len(result["reference_point"]) == 2
+    assert (out / "seed0" / "slider" / "eval" / "front.png").exists()
