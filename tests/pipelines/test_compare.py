@@ -104,8 +104,9 @@ def test_compare_end_to_end_on_local_ray(ray_local, tiny_base, tmp_path):
 
     held_out = [{"name": "toy2d_target", "label": n, "args": {"target": t, "kind": "gaussian", "scale": 2.0}}
                 for n, t in (("target_a", [4.0, 0.0]), ("target_b", [0.0, 4.0]))]
-    ev_cfg = cfg.model_copy(update={"evaluation": cfg.evaluation.model_copy(update={"rewards": held_out})})
-    ev_cfg = Config.model_validate(ev_cfg.model_dump())
+    tree = cfg.model_dump()
+    tree["evaluation"]["rewards"] = held_out
+    ev_cfg = Config.model_validate(tree)
     result = evaluate_run(ev_cfg, out / "seed0" / "slider", progress=False)
     front = pq.read_table(out / "seed0" / "slider" / "eval" / "front.parquet").to_pandas()
     assert list(front.method) == ["slider"] * 3 + ["base"]
