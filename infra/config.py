@@ -191,9 +191,10 @@ class AlgorithmConfig(Strict):
 
     objective: Literal["nft", "grpo"] = "nft"
     """``nft``: DiffusionNFT (paper default, ODE samples); ``grpo``: Flow-GRPO (needs sde sampler)."""
-    scalarisation: Literal["late", "early"] = "late"
+    scalarisation: Literal["late", "early", "tchebycheff"] = "late"
     """``late``: per-objective group-normalised advantages weighted by w (ParetoSlider);
-    ``early``: reward = fixed weighted sum, normalised once (fixed-weight baselines)."""
+    ``early``: reward = fixed weighted sum, normalised once (fixed-weight baselines);
+    ``tchebycheff``: ``-max_m w_m (1 - r~_m)`` on batch-range-normalised rewards (reaches concave fronts)."""
     fixed_preference: list[float] | None = None
     """Train every sample at this single ``w`` instead of sampling (fixed-weight baselines)."""
     adv_clip: float = Field(5.0, gt=0)
@@ -360,6 +361,53 @@ class ServeConfig(Strict):
     """Environment variable holding the bearer token (never put the token itself in a config)."""
 
 
+class EvaluationConfig(Strict):
+    """Pareto sweeps of a trained model (``paretoslider evaluate`` and ``compare``)."""
+
+    rewards: list[RewardSpec] | None = None
+    """Held-out rewards that judge the fronts, one per objective in ``rewards.objectives`` order
+    (the slider's ``w_m`` moves objective ``m``); None scores with the training rewards."""
+    points_per_edge: int = Field(11, ge=2)
+    """Sweep resolution: 2 objectives ``w1 = 0, 0.1, ..., 1`` at 11; 3+ a simplex lattice."""
+    num_samples: int = Field(512, ge=2)
+    """Samples per swept preference (the same noise at every point and for every method)."""
+    seed: int = 1234
+    """Noise seed of the sweep."""
+    confidence: float = Field(0.95, gt=0, lt=1)
+    """Level of the t-interval reported around each mean reward."""
+    reference_point: list[float] | None = None
+    """Hypervolume reference point (one value per objective); None derives it from the base model."""
+    ref_quantile: float = Field(0.02, ge=0, le=1)
+    """Derived reference: this quantile of the base model's per-sample rewards ..."""
+    ref_margin: float = Field(0.1, ge=0)
+    """... minus this many inter-quartile ranges of them."""
+
+
+class SliderVariant(Strict):
+    """One more preference-conditioned model to compare (e.g. another scalarisation)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
+    overrides: list[str] = Field(default_factory=list)
+    """Dotted overrides applied to the job config for this model, e.g. ``algorithm.scalarisation=tchebycheff``."""
+
+
+class CompareConfig(Strict):
+    """``paretoslider compare``: the slider against baselines trained with the same budget each."""
+
+    methods: list[Literal["slider", "fixed", "soups", "base"]] = Field(
+        default_factory=lambda: ["slider", "fixed", "soups", "base"])
+    """``fixed``: one early-scalarised model per lattice point; ``soups``: the single-reward models
+    (the lattice's vertices) interpolated in weight space; ``base``: the pre-trained model."""
+    fixed_points_per_edge: int = Field(5, ge=2)
+    """Lattice of the fixed-weight models: 5 gives 5 trade-offs for 2 objectives, 15 for 3."""
+    fixed_scalarisation: Literal["early", "tchebycheff"] = "early"
+    """How the fixed-weight models scalarise their rewards."""
+    variants: list[SliderVariant] = Field(default_factory=list)
+    """Extra sliders trained and compared alongside the configured one."""
+    results_dir: str = "results"
+    """Runs, tables and plots go to ``<results_dir>/<name>/``."""
+
+
 class Config(Strict):
     """The whole job."""
 
@@ -380,6 +428,8 @@ class Config(Strict):
     simulate: SimulationConfig = Field(default_factory=SimulationConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    compare: CompareConfig = Field(default_factory=CompareConfig)
 
     @field_validator("name")
     @classmethod
@@ -426,6 +476,11 @@ class Config(Strict):
                 )
             if any(x < 0 for x in w) or abs(sum(w) - 1) > 1e-6:
                 raise ValueError(f"algorithm.fixed_preference must be on the simplex (>= 0, sum 1), got {w}")
+        ev = self.evaluation
+        for field_name, value in (("rewards", ev.rewards), ("reference_point", ev.reference_point)):
+            if value is not None and len(value) != self.num_objectives:
+                raise ValueError(f"evaluation.{field_name} has {len(value)} entries but there are "
+                                 f"{self.num_objectives} objectives {self.objective_names}")
         return self
 
 

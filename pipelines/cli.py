@@ -93,6 +93,46 @@ def serve(model: Annotated[str, typer.Option("--model", "-m", help="models:/NAME
         endpoint.close()
 
 
+@app.command()
+def evaluate(config: ConfigOpt = None, set_: SetOpt = None,
+             run_dir: Annotated[Optional[Path], typer.Option(help="Trained run (default: run_dir of the config)")] = None,
+             weights: Annotated[str, typer.Option(help="Which weights: ema, trainable or old")] = "ema") -> None:
+    """Sweep a trained model over the preference grid: means, intervals, hypervolume, monotonicity, drift."""
+    cfg = _load(config, set_)
+    if weights not in ("ema", "trainable", "old"):
+        typer.secho(f"--weights must be one of 'ema', 'trainable', 'old' (got {weights!r})", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
+    from pipelines.compare import evaluate_run
+
+    try:
+        evaluate_run(cfg, run_dir or Path(cfg.run_dir), weights)
+    except FileNotFoundError as err:
+        typer.secho(str(err), fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command("compare")
+def compare_cmd(config: ConfigOpt = None, set_: SetOpt = None,
+                seeds: Annotated[str, typer.Option(help="Comma-separated training seeds, e.g. 0,1,2")] = "0",
+                progress: Annotated[bool, typer.Option(help="Show progress bars")] = True) -> None:
+    """Train missing baselines, evaluate every method with shared seeds and reference point, write the tables."""
+    cfg = _load(config, set_)
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        seed_list = []
+    if not seed_list:
+        typer.secho(f"--seeds must be comma-separated integers, e.g. 0,1,2 (got {seeds!r})", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
+    from pipelines.compare import compare
+
+    try:
+        compare(cfg, seed_list, progress)
+    except FileExistsError as err:
+        typer.secho(str(err), fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+
+
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     app()

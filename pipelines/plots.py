@@ -40,3 +40,32 @@ def sample_scatter(batch: RolloutBatch, cfg: Config, title: str) -> plt.Figure:
     ax.set_ylim(-lim, lim)
     fig.tight_layout()
     return fig
+
+
+FRONT_STYLES = {"base": dict(marker="X", s=120, c="k", zorder=5), "fixed": dict(marker="s", s=60, zorder=4)}
+
+
+def front_plot(methods: list[tuple[str, np.ndarray, bool]], names: list[str], ref: np.ndarray,
+               title: str) -> plt.Figure:
+    """Mean rewards of every method overlaid; ``(label, points [P, M], is_sweep)`` per method.
+
+    Sweeps are drawn as lines in sweep order, other methods as markers; the shared hypervolume
+    reference point is a grey cross. Three or more objectives get one panel per pair.
+    """
+    m = len(names)
+    pairs = [(i, j) for i in range(m) for j in range(i + 1, m)]
+    fig, axes = plt.subplots(1, len(pairs), figsize=(5 * len(pairs), 4.5), dpi=100, squeeze=False)
+    for ax, (i, j) in zip(axes[0], pairs):
+        for label, pts, is_sweep in methods:
+            kind = label.split("_")[0]
+            if is_sweep:
+                ax.plot(pts[:, i], pts[:, j], marker="o", ms=3, lw=1, label=label)
+            else:
+                ax.scatter(pts[:, i], pts[:, j], label=label, **FRONT_STYLES.get(kind, dict(marker="D", s=40)))
+        ax.scatter([ref[i]], [ref[j]], marker="+", s=120, c="grey", label="reference point")
+        ax.set_xlabel(f"r: {names[i]}")
+        ax.set_ylabel(f"r: {names[j]}")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

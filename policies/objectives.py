@@ -44,17 +44,35 @@ def early_advantages(rewards: torch.Tensor, w: torch.Tensor, g: torch.Tensor) ->
     return group_normalise((rewards * w).sum(dim=1, keepdim=True), g)
 
 
+def tchebycheff_advantages(rewards: torch.Tensor, w: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Tchebycheff scalarisation, normalised inside each group ``[B, 1]``.
+
+    Each objective is scaled to ``[0, 1]`` by its range over the whole batch (estimated nadir and
+    ideal: ``r~_m = (r_m - min_B r_m) / (max_B r_m - min_B r_m + eps)``), then
+    ``s = -max_m w_m (1 - r~_m)``: a sample scores by its worst weighted shortfall from the ideal.
+    Unlike ``sum_m w_m r_m``, its optimum moves continuously along concave parts of a front. The
+    scale is the batch's, not the group's: a slider batch spans every ``w``, so the range is the
+    front's, and each group's target point stays fixed as its own samples tighten.
+    """
+    lo, hi = rewards.min(dim=0).values, rewards.max(dim=0).values
+    shortfall = 1 - (rewards - lo) / (hi - lo + ADV_EPS)
+    return group_normalise(-(w * shortfall).max(dim=1, keepdim=True).values, g)
+
+
 def advantage_terms(rewards: torch.Tensor, w: torch.Tensor, g: torch.Tensor,
                     scalarisation: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Advantages ``A [B, K]`` and the weights ``lambda [B, K]`` the loss applies to them.
 
-    late: ``K = M`` and ``lambda = w``; early: ``K = 1`` and ``lambda = 1``.
+    late: ``K = M`` and ``lambda = w``; early and tchebycheff: ``K = 1`` and ``lambda = 1``.
     """
     if scalarisation == "late":
         return late_advantages(rewards, g), w
+    ones = torch.ones(w.shape[0], 1, dtype=w.dtype)
     if scalarisation == "early":
-        return early_advantages(rewards, w, g), torch.ones(w.shape[0], 1, dtype=w.dtype)
-    raise ValueError(f"scalarisation must be one of ['late', 'early'], got {scalarisation!r}")
+        return early_advantages(rewards, w, g), ones
+    if scalarisation == "tchebycheff":
+        return tchebycheff_advantages(rewards, w, g), ones
+    raise ValueError(f"scalarisation must be one of ['late', 'early', 'tchebycheff'], got {scalarisation!r}")
 
 
 def nft_reward_weight(adv: torch.Tensor, adv_clip: float) -> torch.Tensor:

@@ -1,0 +1,101 @@
+"""Pareto-front metrics on mean rewards (every objective maximised). Pure numpy, no Ray.
+
+Symbols: ``P`` points (e.g. swept preferences), ``M`` objectives; a point is a row of mean
+rewards ``[M]``. ``a`` dominates ``b`` when ``a >= b`` everywhere and ``a > b`` somewhere.
+"""
+
+from __future__ import annotations
+
+import moocore
+import numpy as np
+from scipy import stats
+
+
+def dominates(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``[Pa, Pb]`` bool: row ``a[i]`` Pareto-dominates row ``b[j]`` (maximisation)."""
+    a, b = np.atleast_2d(a)[:, None, :], np.atleast_2d(b)[None, :, :]
+    return (a >= b).all(-1) & (a > b).any(-1)
+
+
+def non_dominated(points: np.ndarray) -> np.ndarray:
+    """``[P]`` bool mask of the points no other point dominates (duplicates are all kept)."""
+    return ~dominates(points, points).any(axis=0)
+
+
+def hypervolume(points: np.ndarray, ref: np.ndarray) -> float:
+    """Volume dominated by ``points`` and bounded below by ``ref`` (moocore, maximisation).
+
+    Points that do not strictly beat ``ref`` in every objective add nothing (moocore drops them).
+    """
+    pts = np.atleast_2d(np.asarray(points, dtype=np.float64))
+    ref = np.asarray(ref, dtype=np.float64)
+    if pts.shape[1] != ref.shape[0]:
+        raise ValueError(f"points have {pts.shape[1]} objectives but the reference point has {ref.shape[0]}")
+    return float(moocore.hypervolume(pts, ref=ref, maximise=True))
+
+
+def sample_hypervolume(rewards: np.ndarray, ref: np.ndarray) -> float:
+    """Mean over samples of the hypervolume of each sample's own rewards: ``E_x prod_m (r_m(x) - ref_m)_+``.
+
+    The hypervolume of *mean* rewards credits a 50/50 mixture of two single-objective samples with
+    the chord between them; this one credits only samples that are good on every objective at once.
+    """
+    gain = np.clip(np.asarray(rewards, dtype=np.float64) - np.asarray(ref, dtype=np.float64), 0.0, None)
+    return float(gain.prod(axis=1).mean())
+
+
+def count_dominated(front: np.ndarray, points: np.ndarray) -> int:
+    """How many of ``points`` at least one point of ``front`` dominates."""
+    return int(dominates(front, points).any(axis=0).sum())
+
+
+def reference_point(base_rewards: np.ndarray, quantile: float, margin: float) -> np.ndarray:
+    """A shared hypervolume reference point from the base model's per-sample rewards ``[N, M]``.
+
+    Per objective: the ``quantile`` of the base's rewards, moved down by ``margin`` times their
+    inter-quartile range, so the base's own mean and every trained front lie above it.
+    """
+    r = np.asarray(base_rewards, dtype=np.float64)
+    q = np.quantile(r, quantile, axis=0)
+    iqr = np.quantile(r, 0.75, axis=0) - np.quantile(r, 0.25, axis=0)
+    return q - margin * iqr
+
+
+def slider_monotonicity(preferences: np.ndarray, rewards: np.ndarray) -> np.ndarray:
+    """``[M]`` Spearman rank correlation between ``w_m`` and mean ``r_m`` along a sweep.
+
+    1 means moving the slider towards objective ``m`` never lowers its reward; NaN when either
+    column is constant.
+    """
+    out = []
+    for m in range(preferences.shape[1]):
+        w, r = preferences[:, m], rewards[:, m]
+        out.append(np.nan if np.ptp(w) == 0 or np.ptp(r) == 0 else stats.spearmanr(w, r).statistic)
+    return np.asarray(out, dtype=np.float64)
+
+
+def mean_interval(x: np.ndarray, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Per column of ``x [N, M]``: the mean and the half-width of its ``confidence`` t-interval."""
+    x = np.asarray(x, dtype=np.float64)
+    n = x.shape[0]
+    mean = x.mean(axis=0)
+    if n < 2:
+        return mean, np.full_like(mean, np.nan)
+    sem = x.std(axis=0, ddof=1) / np.sqrt(n)
+    return mean, stats.t.ppf(0.5 + confidence / 2, n - 1) * sem
+
+
+def nearest_distance(samples: np.ndarray, reference: np.ndarray, chunk: int = 4096) -> float:
+    """Mean Euclidean distance from each sample to its nearest ``reference`` sample (flattened).
+
+    A drift guard: near 0 while samples stay on the base model's support; grows as they leave it.
+    """
+    x = np.asarray(samples, dtype=np.float64).reshape(len(samples), -1)
+    ref = np.asarray(reference, dtype=np.float64).reshape(len(reference), -1)
+    ref_sq = (ref**2).sum(1)
+    nearest = []
+    for i in range(0, len(x), chunk):
+        xc = x[i:i + chunk]
+        d2 = (xc**2).sum(1)[:, None] - 2 * xc @ ref.T + ref_sq[None]
+        nearest.append(np.sqrt(np.maximum(d2.min(1), 0.0)))
+    return float(np.concatenate(nearest).mean())

@@ -1,0 +1,115 @@
+"""The comparison: config derivation and tables (fast), and a short compare on a real local Ray (slow)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from conftest import TINY_MODEL
+from infra.config import Config
+from pipelines.compare import markdown_table, matched, soup_state, training_runs
+from pipelines.pareto import FrontPoints
+
+
+def compare_cfg(tmp_path, base, **compare) -> Config:
+    return Config.model_validate({
+        "name": "cmp",
+        "model": TINY_MODEL,
+        "pretrain": {"checkpoint": str(base)},
+        "rollout": {"prompts_per_step": 2, "group_size": 4, "sampler": {"num_steps": 3}},
+        "preferences": {"slots_per_prompt": 2, "sweep_points": 2},
+        "loop": {"steps": 3, "checkpoint_every": 3, "scatter_every": 3, "eval_samples": 8},
+        "evaluation": {"points_per_edge": 3, "num_samples": 32},
+        "compare": {"results_dir": str(tmp_path / "results"), "fixed_points_per_edge": 3, **compare},
+        "tracking": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+    })
+
+
+def test_training_runs_share_the_budget_and_differ_only_where_they_should(tmp_path):
+    cfg = compare_cfg(tmp_path, "base.pt", variants=[{"name": "cheb", "overrides": ["algorithm.scalarisation=tchebycheff"]}])
+    runs = training_runs(cfg, seed=2)
+    assert [r.key for r in runs] == ["slider", "cheb", "fixed_w0.00-1.00", "fixed_w0.50-0.50", "fixed_w1.00-0.00"]
+    for r in runs:
+        assert r.cfg.loop.steps == 3 and r.cfg.loop.seed == 2
+        assert r.cfg.rollout == cfg.rollout and r.cfg.preferences == cfg.preferences
+        assert r.cfg.run_dir == str(tmp_path / "results" / "cmp" / "seed2" / r.key)
+    assert runs[1].cfg.algorithm.scalarisation == "tchebycheff" and runs[0].cfg.algorithm.scalarisation == "late"
+    assert runs[3].cfg.algorithm.fixed_preference == [0.5, 0.5] and runs[3].cfg.algorithm.scalarisation == "early"
+    soups_only = compare_cfg(tmp_path, "base.pt", methods=["soups"], fixed_points_per_edge=5)
+    assert [r.key for r in training_runs(soups_only, 0)] == ["fixed_w0.00-1.00", "fixed_w1.00-0.00"]
+
+
+def test_soup_is_the_weighted_sum_of_states():
+    a = {"x": torch.tensor([1.0, 2.0]), "y": torch.tensor(3.0)}
+    b = {"x": torch.tensor([5.0, 6.0]), "y": torch.tensor(-1.0)}
+    mix = soup_state([a, b], np.array([0.25, 0.75]))
+    assert mix["x"].tolist() == [4.0, 5.0] and mix["y"].item() == 0.0
+
+
+def points(method, w, r) -> FrontPoints:
+    w, r = np.asarray(w, float), np.asarray(r, float)
+    return FrontPoints(method, w, r, np.zeros_like(r), np.zeros(len(r)), [r[i:i + 1] for i in range(len(r))])
+
+
+def test_matched_counts_and_markdown():
+    slider = points("slider", [[0, 1], [0.5, 0.5], [1, 0]], [[0, 3], [2, 2], [3, 0]])
+    other = points("fixed", [[0, 1], [0.5, 0.5], [1, 0]], [[0, 2], [2.5, 2.5], [3, 0]])
+    assert matched(slider, other) == (1, 1)  # better at w=(0,1), worse at (0.5,0.5), tie at (1,0)
+    with pytest.raises(ValueError, match="not evaluated"):
+        matched(slider, points("fixed", [[0.25, 0.75]], [[1, 1]]))
+    summary = [{"seed": s, "method": "slider", "training_runs": 1, "total_samples": 100, "hypervolume": hv}
+               for s, hv in ((0, 1.0), (1, 3.0))]
+    md = markdown_table(summary, ["a", "b"])
+    assert "| slider | 1 | 100 | 2.000 ± 1.000 |" in md
+
+
+@pytest.mark.slow
+def test_compare_end_to_end_on_local_ray(ray_local, tiny_base, tmp_path):
+    from pipelines.compare import compare
+
+    cfg = compare_cfg(tmp_path, tiny_base, variants=[{"name": "cheb", "overrides": ["algorithm.scalarisation=tchebycheff"]}])
+    cfg.rewards.backend = "local"  # six Serve deployments would double the run time; test_train covers Serve
+    summary = compare(cfg, [0], progress=False)
+    out = tmp_path / "results" / "cmp"
+    table = pq.read_table(out / "comparison.parquet").to_pylist()
+    assert [r["method"] for r in table] == ["slider", "cheb", "soups", "fixed", "base"]
+    by = {r["method"]: r for r in table}
+    assert by["slider"]["hv_ratio_to_slider"] == pytest.approx(1.0)
+    assert by["fixed"]["training_runs"] == 3 and by["soups"]["training_runs"] == 2
+    assert by["fixed"]["total_samples"] == 3 * 3 * 2 * 2 * 4
+    assert by["base"]["training_runs"] == 0 and by["base"]["points"] == 1
+    for r in table:
+        assert np.isfinite(r["hypervolume"]) and r["hypervolume"] >= 0 and np.isfinite(r["drift"])
+    pts = pq.read_table(out / "points.parquet").to_pandas()
+    assert len(pts[pts.method == "slider"]) == 3 and len(pts[pts.method == "fixed"]) == 3
+    assert (pts[["ci_target_a", "ci_target_b"]] > 0).all().all()
+    assert (out / "comparison.md").read_text().count("\n| ") == 7 and (out / "pareto_seed0.png").exists()
+    # The soup at lam = (1, 0) is the single-reward model itself: equal only if sampled from the same noise.
+    corner = pts[(pts.w_target_a == 1.0) & pts.method.isin(["soups", "fixed"])]
+    assert len(corner) == 2 and corner.r_target_a.nunique() == 1 and corner.r_target_b.nunique() == 1
+    client = MlflowClient(cfg.tracking.tracking_uri)
+    runs = client.search_runs(client.get_experiment_by_name("paretoslider").experiment_id,
+                              filter_string="attributes.run_name = 'compare/cmp'")
+    assert len(runs) == 1 and "hypervolume/slider" in runs[0].data.metrics
+    # A second call reuses every checkpoint (no training) and gives the same numbers.
+    again = compare(cfg, [0], progress=False)
+    assert [r["hypervolume"] for r in again] == pytest.approx([r["hypervolume"] for r in summary])
+    assert len(client.search_runs(runs[0].info.experiment_id)) == 5 + 2  # 5 trainings + 2 compare runs
+
+    # `evaluate` on the slider, judged by held-out rewards (Gaussian closeness: scores in [0, 1]).
+    from pipelines.compare import evaluate_run
+
+    held_out = [{"name": "toy2d_target", "label": n, "args": {"target": t, "kind": "gaussian", "scale": 2.0}}
+                for n, t in (("target_a", [4.0, 0.0]), ("target_b", [0.0, 4.0]))]
+    tree = cfg.model_dump()
+    tree["evaluation"]["rewards"] = held_out
+    ev_cfg = Config.model_validate(tree)
+    result = evaluate_run(ev_cfg, out / "seed0" / "slider", progress=False)
+    front = pq.read_table(out / "seed0" / "slider" / "eval" / "front.parquet").to_pandas()
+    assert list(front.method) == ["slider"] * 3 + ["base"]
+    assert front.r_target_a.between(0, 1).all() and (front.r_target_a > 0).any()
+    assert result["hypervolume"] >= 0 and len(result["reference_point"]) == 2
+    assert (out / "seed0" / "slider" / "eval" / "front.png").exists()

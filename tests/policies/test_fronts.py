@@ -1,0 +1,91 @@
+"""Front metrics against hand-computed values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from policies.fronts import (count_dominated, dominates, hypervolume, mean_interval, nearest_distance,
+                             non_dominated, reference_point, sample_hypervolume, slider_monotonicity)
+from policies.preferences import simplex_grid
+
+
+def test_hypervolume_2d_staircase():
+    # Three unit-wide columns of heights 3, 2, 1 above (0, 0): 3 + 2 + 1.
+    pts = np.array([[1.0, 3.0], [2.0, 2.0], [3.0, 1.0]])
+    assert hypervolume(pts, np.zeros(2)) == pytest.approx(6.0)
+    # A dominated point and a point below the reference add nothing.
+    more = np.vstack([pts, [[1.5, 1.5], [4.0, -1.0]]])
+    assert hypervolume(more, np.zeros(2)) == pytest.approx(6.0)
+    # Reference (-1, -1): columns [-1, 1] 4 high, [1, 2] 3 high, [2, 3] 2 high -> 8 + 3 + 2.
+    assert hypervolume(pts, -np.ones(2)) == pytest.approx(13.0)
+
+
+def test_hypervolume_3d_boxes():
+    assert hypervolume(np.array([[2.0, 3.0, 4.0]]), np.zeros(3)) == pytest.approx(24.0)
+    # Boxes 2x2x1 and 1x1x3 overlap in a 1x1x1 cube: 4 + 3 - 1.
+    pts = np.array([[2.0, 2.0, 1.0], [1.0, 1.0, 3.0]])
+    assert hypervolume(pts, np.zeros(3)) == pytest.approx(6.0)
+    # Inclusion-exclusion over three boxes against the same reference.
+    pts3 = np.vstack([pts, [[3.0, 1.0, 1.0]]])
+    # New box 3x1x1 = 3; it overlaps box 1 in 2x1x1, box 2 in 1x1x1, and both at once in 1x1x1.
+    assert hypervolume(pts3, np.zeros(3)) == pytest.approx(6.0 + 3 - 2 - 1 + 1)
+    with pytest.raises(ValueError, match="objectives"):
+        hypervolume(pts, np.zeros(2))
+
+
+def test_front_extraction_and_dominance():
+    pts = np.array([[1.0, 3.0], [2.0, 2.0], [1.5, 1.5], [3.0, 1.0], [2.0, 2.0], [0.0, 0.0]])
+    assert non_dominated(pts).tolist() == [True, True, False, True, True, False]
+    assert not dominates(pts[1], pts[4])[0, 0]  # equal points do not dominate each other
+    assert count_dominated(pts[[1]], pts) == 2  # (1.5, 1.5) and (0, 0)
+    rng = np.random.default_rng(0)
+    cloud = rng.normal(size=(200, 3))
+    mask = non_dominated(cloud)
+    for i in range(len(cloud)):  # brute force: kept iff no other point is >= everywhere and > somewhere
+        beaten = any((cloud[j] >= cloud[i]).all() and (cloud[j] > cloud[i]).any() for j in range(len(cloud)))
+        assert mask[i] == (not beaten)
+
+
+def test_sweep_grid():
+    g2 = simplex_grid(2, 11)
+    np.testing.assert_allclose(g2[:, 0], np.linspace(0, 1, 11), atol=1e-12)
+    np.testing.assert_allclose(g2.sum(1), 1.0)
+    g3 = simplex_grid(3, 4)  # spacing 1/3: C(3 + 2, 2) = 10 points, one interior
+    assert g3.shape == (10, 3) and len({tuple(r) for r in g3}) == 10
+    assert ((g3 > 0).all(1)).sum() == 1
+    np.testing.assert_allclose(g3.sum(1), 1.0)
+
+
+def test_monotonicity_interval_reference_and_drift():
+    w = simplex_grid(2, 5)
+    r = np.stack([w[:, 0] ** 2, -w[:, 0]], axis=1)  # r_1 rises with w_1; r_2 rises with w_2
+    np.testing.assert_allclose(slider_monotonicity(w, r), [1.0, 1.0])
+    r_bad = r.copy()
+    r_bad[:, 0] = [0, 3, 1, 2, 4]
+    assert slider_monotonicity(w, r_bad)[0] == pytest.approx(stats.spearmanr(w[:, 0], r_bad[:, 0]).statistic)
+    assert np.isnan(slider_monotonicity(w, np.ones_like(r))).all()
+
+    x = np.array([[1.0, 10.0], [2.0, 10.0], [3.0, 10.0], [6.0, 10.0]])
+    mean, half = mean_interval(x)
+    np.testing.assert_allclose(mean, [3.0, 10.0])
+    # t(0.975, 3) = 3.182446; sd = sqrt(14/3)
+    assert half[0] == pytest.approx(3.182446 * np.sqrt(14 / 3) / 2, rel=1e-5) and half[1] == 0
+
+    base = np.array([[0.0, -4.0], [1.0, -3.0], [2.0, -2.0], [3.0, -1.0], [4.0, 0.0]])
+    ref = reference_point(base, quantile=0.0, margin=0.5)
+    np.testing.assert_allclose(ref, [0.0 - 0.5 * 2.0, -4.0 - 0.5 * 2.0])
+
+    ref_set = np.array([[0.0, 0.0], [10.0, 0.0]])
+    assert nearest_distance(np.array([[0.0, 3.0], [6.0, 0.0]]), ref_set, chunk=1) == pytest.approx((3 + 4) / 2)
+
+
+def test_sample_hypervolume_credits_compromises_not_mixtures():
+    ref = np.zeros(2)
+    mixture = np.array([[1.0, 0.0], [0.0, 1.0]])  # mean (0.5, 0.5), but no sample is good at both
+    compromise = np.array([[0.3, 0.3], [0.3, 0.3]])
+    assert sample_hypervolume(mixture, ref) == 0.0
+    assert sample_hypervolume(compromise, ref) == pytest.approx(0.09)
+    assert hypervolume(mixture.mean(0), ref) > hypervolume(compromise.mean(0), ref)
+    assert sample_hypervolume(np.array([[2.0, 3.0], [-1.0, 5.0]]), np.array([1.0, 1.0])) == pytest.approx(2 / 2)
