@@ -129,7 +129,18 @@ class PretrainConfig(Strict):
     seed: int = 0
     data: ToyDataConfig = Field(default_factory=ToyDataConfig)
     checkpoint: str = "runs/base/toy2d_base.pt"
-    """Where the base model is saved; ``train`` pre-trains it on the fly if it is missing."""
+    """Where the base model is saved (a diffusers directory for image kinds); ``train`` pre-trains
+    it on the fly if it is missing and ``model.diffusers.pretrained`` is not set."""
+    vae_steps: int = Field(300, ge=0)
+    """Shapes world: autoencoder steps before the transformer trains (the latents must exist first)."""
+    vae_batch_size: int = Field(16, ge=1)
+    """Shapes world: images per autoencoder step."""
+    dataset_size: int = Field(2048, ge=16)
+    """Shapes world: examples rendered and encoded once for the transformer's pre-training."""
+    caption_dropout: float = Field(0.1, ge=0, lt=1)
+    """Shapes world: share of empty prompts, so the base also models the unconditional flow (CFG)."""
+    eval_samples: int = Field(216, ge=1)
+    """Shapes world: generated images on which the caption accuracy of the base is measured."""
 
 
 class DataConfig(Strict):

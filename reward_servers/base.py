@@ -22,11 +22,12 @@ class RewardInputs:
     """One batch to score: ``B`` samples plus the prompts / source images some rewards need."""
 
     samples: np.ndarray
-    """``[B, ...]`` float32: 2-D points for toy2d, ``[B, C, H, W]`` images in [0, 1] otherwise."""
+    """``[B, ...]`` float32: 2-D points for toy2d; images ``[B, H, W, 3]`` (channels last, RGB) in
+    [0, 1] for image backbones; videos ``[B, F, H, W, 3]`` in [0, 1]."""
     prompts: list[str] | None = None
     """``B`` text prompts (instruction for editing tasks)."""
     source_images: np.ndarray | None = None
-    """``[B, C, H, W]`` float32 source images of an editing task."""
+    """``[B, H, W, 3]`` float32 in [0, 1]: the source image of each sample (editing tasks)."""
 
     def __post_init__(self) -> None:
         self.samples = np.asarray(self.samples, dtype=np.float32)
