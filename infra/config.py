@@ -54,7 +54,7 @@ class TinyModelConfig(Strict):
 
 
 class DiffusersConfig(Strict):
-    """How an SD3 / FLUX.1 Kontext / LTX-2 backbone is loaded and run (ignored by toy2d)."""
+    """How an SD3 / FLUX.1 Kontext backbone is loaded and run (ignored by toy2d)."""
 
     pretrained: str | None = None
     """Local diffusers directory or hub id of the base pipeline; None = ``pretrain.checkpoint``
@@ -66,10 +66,8 @@ class DiffusersConfig(Strict):
     height: int = Field(32, ge=8)
     """Generated image / video height in pixels."""
     width: int = Field(32, ge=8)
-    num_frames: int = Field(1, ge=1)
-    """Video frames (LTX-2); 1 for images."""
     max_sequence_length: int = Field(16, ge=1)
-    """T5 / Gemma prompt tokens."""
+    """T5 prompt tokens."""
     guidance: float | None = None
     """Distilled guidance fed to the transformer (FLUX.1 Kontext dev: 2.5); None if it has none."""
 
@@ -81,7 +79,7 @@ def _attention_projections() -> list[str]:
 class ModelConfig(Strict):
     """The policy network and how it is adapted during RL."""
 
-    kind: Literal["toy2d", "sd3", "flux_kontext", "ltx2"] = "toy2d"
+    kind: Literal["toy2d", "sd3", "flux_kontext"] = "toy2d"
     """Backbone family: the toy2d MLP, or a diffusers transformer (see ``policies/backbones.py``)."""
     hidden_dim: int = Field(128, ge=8, le=8192)
     """Width of the toy2d MLP."""

@@ -138,7 +138,8 @@ class Trainer:
         consumed = torch.tensor(self.state.consumed, dtype=torch.long).reshape(-1, 3)
         save_checkpoint(self.run_dir, self.state.step, {
             "loop": {"step": self.state.step, "version": self.state.version, "consumed": consumed,
-                     "mlflow_run_id": self.state.mlflow_run_id or "", "learner_tag": tag},
+                     "mlflow_run_id": self.state.mlflow_run_id or "", "learner_tag": tag,
+                     "base": self.base_checkpoint},
             "weights": self.learner.export_state(),
         })
         prune_learner_checkpoints(self.run_dir)

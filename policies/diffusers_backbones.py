@@ -1,4 +1,4 @@
-"""SD3 / SD3.5 and FLUX.1 Kontext backbones on diffusers components (the LTX-2 one lives in ``ltx2.py``).
+"""SD3 / SD3.5 and FLUX.1 Kontext backbones on diffusers components.
 
 A backbone is a ``torch.nn.Module`` with (toy2d follows the same interface):
 
@@ -263,8 +263,4 @@ BACKBONES: dict[str, type[DiffusersBackbone]] = {"sd3": SD3Backbone, "flux_konte
 def load_diffusers_backbone(model_cfg: ModelConfig, num_objectives: int, path: str | Path,
                             encoders: bool = True) -> DiffusersBackbone:
     """The backbone of ``model_cfg.kind`` from a diffusers pipeline directory or hub id."""
-    if model_cfg.kind == "ltx2":
-        from policies.ltx2 import LTX2Backbone as cls
-    else:
-        cls = BACKBONES[model_cfg.kind]
-    return cls.from_pretrained(path, num_objectives, model_cfg, encoders)
+    return BACKBONES[model_cfg.kind].from_pretrained(path, num_objectives, model_cfg, encoders)

@@ -1,9 +1,9 @@
-"""Tiny SD3 / FLUX.1 Kontext / LTX-2 checkpoints built from configs, offline, in the hub layout.
+"""Tiny SD3 / FLUX.1 Kontext checkpoints built from configs, offline, in the hub layout.
 
 A tiny checkpoint is a directory that ``diffusers`` loads exactly like the full model's hub repo
 (``model_index.json`` + one subfolder per component), so tests and the CPU shapes world go through
 the same ``from_pretrained`` path a user of the full models does. The text encoders are real
-transformers classes (CLIP, T5, Gemma 3) with small widths; their tokenizer is a word-level
+transformers classes (CLIP, T5) with small widths; their tokenizer is a word-level
 ``PreTrainedTokenizerFast`` built here from a word list — no download, no sentencepiece file.
 """
 
