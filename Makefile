@@ -5,7 +5,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: setup train test test-fast bench clean
+.PHONY: setup browser train test test-fast bench clean
 
 setup: $(VENV)/.installed
 
@@ -16,18 +16,24 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@
 
+# Headless Chromium + ChromeDriver (Debian packages) for the slider-page browser test; needs root/apt.
+browser:
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || { \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; }
+
 train: setup
 	$(BIN)/paretoslider train -c configs/toy2d.yaml
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest -q -m "not slow"
 	$(BIN)/python -m pytest -q -m slow
 
-test-fast: setup
+test-fast: setup browser
 	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: setup
 	$(BIN)/python benchmarks/loop_overlap.py
+	$(BIN)/python benchmarks/serve_load.py
 
 clean:
 	rm -rf runs results mlruns mlartifacts mlflow.db

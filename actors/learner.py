@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from pathlib import Path
 
 import ray
 import torch
 
+from actors.weight_sync import CollectiveGroup
 from infra.config import Config
 from infra.deepspeed_config import deepspeed_config
 from infra.distributed import destroy_process_group, init_process_group, pick_master_address
@@ -53,6 +55,9 @@ class LearnerWorker:
 
     def train_step(self, shard: TrainShard, step: int, num_micro: int) -> dict[str, float]:
         """One optimizer step over ``shard`` in ``num_micro`` micro-batches (same count on every rank)."""
+        if self.cfg.simulate.enabled:
+            time.sleep(self.cfg.simulate.train_s_per_sample * len(shard))
+            return {"learner/simulated_s": self.cfg.simulate.train_s_per_sample * len(shard)}
         self.policy.train()
         totals: dict[str, float] = {}
         micros = shard.to(self.device).split(num_micro)
@@ -95,6 +100,15 @@ class LearnerWorker:
     def _on_cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
+    def init_weight_group(self, addr: str, port: int, world_size: int, backend: str) -> None:
+        """Rank 0 only: be the root of the collective weight-sync group."""
+        self.weight_group = CollectiveGroup(addr, port, 0, world_size, backend)
+
+    def broadcast_weights(self) -> int:
+        """Broadcast the old (sampling) policy to the rollout actors; returns the bytes sent."""
+        self.weight_group.broadcast_state(self.old_state, int(self.cfg.cluster.weight_sync_bucket_mb * 2**20))
+        return sum(t.numel() * t.element_size() for t in self.old_state.values())
+
     def sampling_weights(self) -> list[ray.ObjectRef]:
         """The old (sampling) policy, put once into the object store by this rank."""
         return [ray.put(self._on_cpu(self.old_state))]
@@ -116,11 +130,18 @@ class LearnerWorker:
     def load_optimizer(self, directory: str, tag: str) -> None:
         self.engine.load_checkpoint(directory, tag=tag, load_module_strict=False)
 
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
     def shutdown(self) -> None:
         destroy_process_group()
 
 
 LearnerActor = ray.remote(LearnerWorker)
+
+
+class LearnerDiedError(RuntimeError):
+    """A learner rank died; the job must be resumed from its last checkpoint."""
 
 
 class LearnerGroup:
@@ -141,7 +162,12 @@ class LearnerGroup:
         """Split ``shard`` over the ranks, run one optimizer step, average the ranks' metrics."""
         shards = shard.split(len(self.workers))
         num_micro = max(1, math.ceil(max(len(s) for s in shards) / self.cfg.learner.micro_batch_size))
-        results = ray.get([w.train_step.remote(s, step, num_micro) for w, s in zip(self.workers, shards)])
+        try:
+            results = ray.get([w.train_step.remote(s, step, num_micro) for w, s in zip(self.workers, shards)])
+        except ray.exceptions.RayActorError as err:
+            # A rank that dies takes the collective with it; the driver's checkpoint is the recovery point.
+            raise LearnerDiedError(f"a learner rank died during step {step} ({type(err).__name__}); "
+                                   "restart the job with --resume to continue from its last checkpoint") from err
         return {k: sum(r[k] for r in results) / len(results) for k in results[0]}
 
     def _grad_norm(self) -> float:

@@ -8,12 +8,13 @@ an actor's calls one at a time), so a rollout never reads weights that are being
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import ray
 import torch
 
-from actors.weight_sync import WeightHandle, fetch_weights
+from actors.weight_sync import CollectiveGroup, WeightHandle, fetch_weights
 from infra.config import Config
 from policies.batch import GroupSpec, RolloutBatch
 from policies.policy import build_policy
@@ -31,6 +32,9 @@ class RolloutWorker:
         self.policy = build_policy(self.cfg.model, self.cfg.num_objectives, base_checkpoint).eval().to(self.device)
         self.version = 0
         self.actor_index = actor_index
+        self.offloaded = False
+        self.lock = threading.Lock()
+        self.staged: tuple[int, dict[str, torch.Tensor]] | None = None
 
     def apply_weights(self, handle: WeightHandle | None) -> int:
         """Load the published weights if they are newer than what this actor holds."""
@@ -39,18 +43,73 @@ class RolloutWorker:
             self.version = handle.version
         return self.version
 
+    def init_weight_group(self, addr: str, port: int, rank: int, world_size: int, backend: str) -> None:
+        """Join the collective weight-sync group (``cluster.weight_sync=collective``)."""
+        self.group = CollectiveGroup(addr, port, rank, world_size, backend)
+        self.staging = {n: p.detach().clone() for n, p in self.policy.trainable_named()}
+
+    @ray.method(concurrency_group="weights")
+    def receive_weights(self, version: int) -> int:
+        """Receive a broadcast into a staging copy while a rollout may be running; ``generate``
+        applies it before its next batch, so no rollout ever reads half-written weights."""
+        self.group.broadcast_state(self.staging, int(self.cfg.cluster.weight_sync_bucket_mb * 2**20))
+        with self.lock:
+            self.staged = (version, {n: t.clone() for n, t in self.staging.items()})
+        return version
+
+    def _apply_staged(self) -> None:
+        with self.lock:
+            staged, self.staged = self.staged, None
+        if staged is not None and staged[0] > self.version:
+            self.policy.load_trainable_state(staged[1])
+            self.version = staged[0]
+
+    def offload(self) -> None:
+        """Colocated mode: move the model off the GPU while the learner trains on it."""
+        if self.device.type == "cuda":
+            self.policy.to("cpu")
+            torch.cuda.empty_cache()
+        self.offloaded = True
+
     def generate(self, groups: list[GroupSpec], handle: WeightHandle | None = None) -> RolloutBatch:
         """Sample ``rollout.group_size`` samples for each group with the newest weights offered."""
         start = time.time()
+        if self.offloaded:
+            self.policy.to(self.device)
+            self.offloaded = False
+        self._apply_staged()
         self.apply_weights(handle)
+        if self.cfg.simulate.enabled:
+            return self._simulated(groups, start)
         batch = rollout_groups(self.policy, groups, self.cfg.rollout.group_size, self.cfg.rollout.sampler,
                                self.version, self.device)
+        batch.meta.update(actor=self.actor_index, started=start, finished=time.time())
+        return batch
+
+    def _simulated(self, groups: list[GroupSpec], start: float) -> RolloutBatch:
+        """Stage-cost simulation: pay the configured time, return real-size random payloads."""
+        sim, g = self.cfg.simulate, self.cfg.rollout.group_size
+        n = len(groups) * g
+        time.sleep(sim.rollout_s_per_sample * n)
+        gen = torch.Generator().manual_seed(groups[0].seed)
+        w = torch.tensor([grp.preference for grp in groups]).repeat_interleave(g, 0)
+        batch = RolloutBatch(samples=torch.randn(n, max(1, sim.sample_bytes // 4), generator=gen), preferences=w,
+                             group_index=torch.arange(len(groups)).repeat_interleave(g), groups=list(groups),
+                             policy_version=self.version, sample_seconds=time.time() - start)
         batch.meta.update(actor=self.actor_index, started=start, finished=time.time())
         return batch
 
     def ping(self) -> int:
         return self.version
 
+    def was_restarted(self) -> bool:
+        """True in an actor Ray restarted after a crash."""
+        return ray.get_runtime_context().was_current_actor_reconstructed
 
-RolloutActor = ray.remote(RolloutWorker)
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
+
+# Weight receives run in their own thread ("weights" group) so a broadcast never waits for a rollout.
+RolloutActor = ray.remote(concurrency_groups={"weights": 1})(RolloutWorker)
 """The Ray actor class; resources are set with ``.options(...)`` in ``actors.launch``."""

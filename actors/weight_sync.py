@@ -43,3 +43,57 @@ class ObjectStoreWeightSync:
         # Dropping the old handle lets Ray free that version once no actor call still holds it.
         self.latest = WeightHandle(version, [ref], num_bytes)
         return self.latest
+
+
+def bucket_names(state: dict[str, torch.Tensor], bucket_bytes: int) -> list[list[str]]:
+    """Tensor names in a fixed (sorted) order, grouped into buckets of at most ``bucket_bytes``
+    (a tensor larger than that gets a bucket of its own)."""
+    buckets: list[list[str]] = [[]]
+    size = 0
+    for name in sorted(state):
+        nbytes = state[name].numel() * state[name].element_size()
+        if buckets[-1] and size + nbytes > bucket_bytes:
+            buckets.append([])
+            size = 0
+        buckets[-1].append(name)
+        size += nbytes
+    return [b for b in buckets if b]
+
+
+class CollectiveGroup:
+    """A standalone process group between learner rank 0 (rank 0) and the rollout actors.
+
+    It lives outside the learner's DeepSpeed world (its own TCPStore rendezvous), so rollout actors
+    never join the learner's collectives. Gloo on CPU, NCCL on GPU.
+    """
+
+    def __init__(self, addr: str, port: int, rank: int, world_size: int, backend: str, timeout_s: float = 300):
+        from datetime import timedelta
+
+        import torch.distributed as dist
+
+        timeout = timedelta(seconds=timeout_s)
+        self._dist = dist
+        self.rank = rank
+        self.store = dist.TCPStore(addr, port, world_size, is_master=rank == 0, timeout=timeout)
+        if backend == "nccl":
+            self.pg = dist.ProcessGroupNCCL(self.store, rank, world_size)
+        else:
+            self.pg = dist.ProcessGroupGloo(self.store, rank, world_size, timeout)
+
+    @torch.no_grad()
+    def broadcast_state(self, state: dict[str, torch.Tensor], bucket_bytes: int) -> None:
+        """Rank 0 sends ``state``; every other rank receives into its ``state`` tensors in place.
+        Every rank must hold the same names and shapes (the same trainable parameters)."""
+        for names in bucket_names(state, bucket_bytes):
+            tensors = [state[n] for n in names]
+            flat = torch.cat([t.reshape(-1) for t in tensors]) if self.rank == 0 else torch.empty(
+                sum(t.numel() for t in tensors), dtype=tensors[0].dtype, device=tensors[0].device)
+            opts = self._dist.BroadcastOptions()
+            opts.rootRank = 0
+            self.pg.broadcast([flat], opts).wait()
+            if self.rank != 0:
+                offset = 0
+                for t in tensors:
+                    t.copy_(flat[offset: offset + t.numel()].view_as(t))
+                    offset += t.numel()

@@ -203,6 +203,8 @@ class RewardsConfig(Strict):
     num_cpus: float = Field(0.1, ge=0)
     """CPUs reserved per reward replica (fractional so a 2-core laptop fits the whole loop)."""
     num_gpus: float = Field(0.0, ge=0)
+    resources: dict[str, float] = Field(default_factory=dict)
+    """Custom resources per replica, e.g. ``{reward_pool: 1}`` to keep judges on the reward nodes."""
     timeout_s: float = Field(60.0, gt=0)
     """Per-call timeout; a hung reward server fails the step with an error naming it."""
     retries: int = Field(2, ge=0)
@@ -350,6 +352,98 @@ class RayConfig(Strict):
     """Local cluster only: GPUs to offer (logical GPUs are fine for placement tests)."""
 
 
+class PoolConfig(Strict):
+    """How one role's actors are reserved on a cluster: one bundle per actor (rank)."""
+
+    strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    """Placement-group strategy: PACK keeps a pool on few nodes, SPREAD spreads it over many."""
+    resources: dict[str, float] = Field(default_factory=dict)
+    """Custom resources each bundle needs, e.g. ``{rollout_pool: 1}`` to pin the pool to node types."""
+    memory_gb: float | None = Field(None, gt=0)
+    """Memory reserved per bundle (None: no reservation)."""
+
+
+class ClusterConfig(Strict):
+    """Resource pools, colocation, back-pressure and fault tolerance."""
+
+    placement_groups: bool = False
+    """Reserve the rollout and learner pools as Ray placement groups (gang-scheduled; a pool that
+    cannot fit fails at start-up with a clear error). False: plain per-actor resource requests."""
+    rollout: PoolConfig = Field(default_factory=PoolConfig)
+    learner: PoolConfig = Field(default_factory=PoolConfig)
+    colocate: bool = False
+    """Rollout actors share the learner's bundles (fractional GPUs): rollout i goes in bundle
+    ``i % learner.world_size`` and its model is offloaded while the learner trains. Needs
+    ``loop.max_staleness=0`` and ``placement_groups=true``."""
+    max_inflight_groups: int | None = Field(None, ge=1)
+    """Back-pressure: groups the driver may have issued but not yet trained (None: as many as
+    ``loop.max_staleness`` allows)."""
+    weight_sync: Literal["object_store", "collective"] = "object_store"
+    """How sampling weights reach rollout actors: ``object_store`` (``ray.put`` once, actors pull;
+    survives actor restarts) or ``collective`` (bucketed broadcast from learner rank 0 over a
+    gloo/NCCL group, received in the background and applied between rollouts)."""
+    weight_sync_bucket_mb: float = Field(64.0, gt=0)
+    """Bucket size of the collective broadcast."""
+    rollout_max_restarts: int = Field(3, ge=0)
+    """A dead rollout actor is restarted up to this many times and its in-flight calls re-run."""
+    ready_timeout_s: float = Field(120.0, gt=0)
+    """How long to wait for a placement group before failing with the resources it asked for."""
+
+
+class SimulationConfig(Strict):
+    """Stage-cost simulation: stand-in costs replace GPU work so orchestration can be measured on a
+    laptop. Real-size sample payloads still travel through the object store. Reward costs are set
+    on the objectives themselves (the ``simulated_cost`` reward)."""
+
+    enabled: bool = False
+    rollout_s_per_sample: float = Field(0.001, ge=0)
+    train_s_per_sample: float = Field(0.001, ge=0)
+    """Charged per learner rank on its shard."""
+    sample_bytes: int = Field(4096, ge=8)
+    """Payload per sample (e.g. a 512px SD3 latent is 16*64*64*2 bytes = 128 KiB)."""
+
+
+class RegistryConfig(Strict):
+    """The trained model in the MLflow model registry (``paretoslider register``)."""
+
+    model_name: str | None = None
+    """Registered-model name; None uses the job's ``name``."""
+    register_on_finish: bool = True
+    """Log the EMA model as an MLflow pyfunc model and register it when ``train`` finishes."""
+
+
+class ServeConfig(Strict):
+    """The slider endpoint (``paretoslider serve``): Ray Serve resources, batching and request limits."""
+
+    host: str = "127.0.0.1"
+    """Address the Serve HTTP proxy binds; loopback by default, ``0.0.0.0`` exposes it."""
+    port: int = Field(8000, ge=1, le=65535)
+    """HTTP port of the endpoint."""
+    num_replicas: int = Field(1, ge=1)
+    num_cpus: float = Field(0.5, ge=0)
+    """CPUs reserved per model replica."""
+    num_gpus: float = Field(0.0, ge=0)
+    max_batch_size: int = Field(16, ge=1)
+    """``@serve.batch``: requests generated together (1 = unbatched)."""
+    batch_wait_timeout_s: float = Field(0.01, ge=0)
+    """``@serve.batch``: wait for more requests before generating a partial batch."""
+    max_ongoing_requests: int = Field(64, ge=1)
+    """Requests a replica accepts at once (queued ones wait in the proxy)."""
+    max_steps: int = Field(100, ge=1)
+    """Largest ``steps`` a request may ask for."""
+    max_size: int = Field(1024, ge=16)
+    """Largest ``width`` / ``height`` (and source-image side) in pixels."""
+    max_prompt_chars: int = Field(2000, ge=1)
+    max_body_bytes: int = Field(8 * 2**20, ge=1024)
+    """Largest request body; larger ones are answered 413 before they are read."""
+    points_per_request: int = Field(256, ge=1, le=100_000)
+    """Point-cloud models (toy2d): samples drawn per request."""
+    require_token: bool = False
+    """Ask for ``Authorization: Bearer <token>`` on ``/v1/*``; the token is read from ``token_env``."""
+    token_env: str = "PARETOSLIDER_SERVE_TOKEN"
+    """Environment variable holding the bearer token (never put the token itself in a config)."""
+
+
 class Config(Strict):
     """The whole job."""
 
@@ -367,6 +461,10 @@ class Config(Strict):
     loop: LoopConfig = Field(default_factory=LoopConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    simulate: SimulationConfig = Field(default_factory=SimulationConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
 
     @field_validator("name")
     @classmethod
@@ -401,6 +499,14 @@ class Config(Strict):
                              "are of the unguided policy")
         if self.model.kind == "toy2d" and self.data.kind != "none":
             raise ValueError(f"data.kind='{self.data.kind}' needs an image backbone; model.kind is 'toy2d'")
+        c = self.cluster
+        if c.colocate and (not c.placement_groups or self.loop.max_staleness != 0):
+            raise ValueError("cluster.colocate needs cluster.placement_groups=true and loop.max_staleness=0 "
+                             "(colocated rollouts and learner take turns on the same GPUs)")
+        groups_per_step = self.rollout.prompts_per_step * self.preferences.slots_per_prompt
+        if c.max_inflight_groups is not None and c.max_inflight_groups < groups_per_step:
+            raise ValueError(f"cluster.max_inflight_groups ({c.max_inflight_groups}) must be >= the groups of "
+                             f"one step ({groups_per_step} = rollout.prompts_per_step x preferences.slots_per_prompt)")
         if a.fixed_preference is not None:
             w = a.fixed_preference
             if len(w) != self.num_objectives:

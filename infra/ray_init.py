@@ -16,5 +16,6 @@ def start_ray(ray_cfg: RayConfig) -> None:
     if ray_cfg.address:
         ray.init(address=ray_cfg.address, log_to_driver=True)
     else:
-        ray.init(num_cpus=ray_cfg.num_cpus, num_gpus=ray_cfg.num_gpus, include_dashboard=False,
-                 log_to_driver=True)
+        # address="local": always a fresh cluster, never silently joining another job's.
+        ray.init(address="local", num_cpus=ray_cfg.num_cpus, num_gpus=ray_cfg.num_gpus,
+                 include_dashboard=False, log_to_driver=True)

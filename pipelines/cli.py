@@ -69,6 +69,41 @@ def show_config(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     typer.echo(dump_config(_load(config, set_)))
 
 
+@app.command()
+def register(run: Annotated[Path, typer.Argument(help="Training run directory (config.yaml + checkpoints/)")],
+             name: Annotated[Optional[str], typer.Option(help="Registered-model name (default: registry.model_name or the run's name)")] = None,
+             tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow store (default: the run's tracking.tracking_uri)")] = None
+             ) -> None:
+    """Log a run's EMA model to MLflow as a pyfunc model and register a new version."""
+    from pipelines.registry import register_model
+
+    version = register_model(run, name, tracking_uri)
+    typer.echo(f"registered models:/{version.name}/{version.version}")
+
+
+@app.command()
+def serve(model: Annotated[str, typer.Option("--model", "-m", help="models:/NAME/VERSION, runs:/ID/slider_model, or a run directory")],
+          config: ConfigOpt = None, set_: SetOpt = None,
+          address: Annotated[Optional[str], typer.Option(help="Ray address (auto, ray://host:10001)")] = None) -> None:
+    """Serve a trained slider: POST /v1/generate, GET /v1/objectives, and the slider page at /."""
+    cfg = _load(config, set_, [f"ray.address={address}"] if address else None)
+    import time
+
+    from pipelines.serve import deploy_slider
+
+    try:
+        endpoint = deploy_slider(cfg, model)
+    except (FileNotFoundError, ValueError, RuntimeError) as err:
+        typer.secho(str(err), fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"serving {model} at {endpoint.url}/ (API: {endpoint.url}/docs); Ctrl-C stops")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        endpoint.close()
+
+
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     app()

@@ -34,6 +34,7 @@ from actors.rollout_actor import RolloutActor
 from actors.weight_sync import ObjectStoreWeightSync, WeightHandle
 from infra.checkpoint import load_latest_checkpoint, save_checkpoint
 from infra.config import Config, dump_config
+from infra.pools import build_pools, release_pools
 from infra.ray_init import start_ray
 from infra.tracking import Tracker
 from pipelines.evaluate import SweepResult, evaluate_sweep
@@ -109,18 +110,29 @@ class Trainer:
 
         start_ray(cfg.ray)
         self.rewards = RewardClient(cfg.rewards)
-        self.learner = LearnerGroup(cfg, self.base_checkpoint)
+        self.rollout_pool, self.learner_pool = build_pools(cfg)
+        self.learner = LearnerGroup(cfg, self.base_checkpoint,
+                                    [self.learner_pool.options(r) for r in range(cfg.learner.world_size)])
         self.sync = ObjectStoreWeightSync()
         cfg_json = cfg.model_dump_json()
-        ro = cfg.rollout
-        self.actors = [RolloutActor.options(num_cpus=ro.num_cpus_per_actor, num_gpus=ro.num_gpus_per_actor)
-                       .remote(cfg_json, self.base_checkpoint, i) for i in range(ro.num_actors)]
+        restarts = cfg.cluster.rollout_max_restarts
+        # A restarted actor re-runs its pending calls; each call carries its weight handle.
+        self.actors = [RolloutActor.options(**self.rollout_pool.options(i), max_restarts=restarts,
+                                            max_task_retries=restarts)
+                       .remote(cfg_json, self.base_checkpoint, i) for i in range(cfg.rollout.num_actors)]
         if restored is not None:
             self._restore(*restored)
         self.tracker = Tracker.start(cfg, run_id=self.state.mlflow_run_id)
         self.state.mlflow_run_id = self.tracker.run_id
-        self.handle: WeightHandle = self.sync.publish(self.state.version + 1, self.learner.sampling_weights())
+        if cfg.cluster.weight_sync == "collective":
+            self._join_weight_group()
+        self.handle: WeightHandle | None = None
+        self.publish_weights()
         self.clock = StageClock()
+        groups_per_step = cfg.rollout.prompts_per_step * cfg.preferences.slots_per_prompt
+        cap = cfg.cluster.max_inflight_groups
+        # Steps whose groups may be out at once: bounded by staleness and by back-pressure.
+        self.max_steps_ahead = min(cfg.loop.max_staleness + 1, (cap or 10**9) // groups_per_step)
 
     # ---- checkpoints -------------------------------------------------------------------------
     def _restore(self, step: int, blob: dict) -> None:
@@ -143,6 +155,27 @@ class Trainer:
             "weights": self.learner.export_state(),
         })
         prune_learner_checkpoints(self.run_dir)
+
+    # ---- weight sync ---------------------------------------------------------------------------
+    def _join_weight_group(self) -> None:
+        """Learner rank 0 (root) and every rollout actor form the broadcast group."""
+        gpus = self.cfg.learner.num_gpus_per_worker > 0 and self.cfg.rollout.num_gpus_per_actor > 0
+        backend = "nccl" if gpus else "gloo"
+        root = self.learner.workers[0]
+        addr, port = ray.get(root.master_endpoint.remote())
+        world = 1 + len(self.actors)
+        ray.get([root.init_weight_group.remote(addr, port, world, backend)]
+                + [a.init_weight_group.remote(addr, port, i + 1, world, backend) for i, a in enumerate(self.actors)])
+
+    def publish_weights(self) -> None:
+        """Make the learner's sampling (old) policy, as version ``state.version + 1``, the one the
+        next rollouts use."""
+        version = self.state.version + 1
+        if self.cfg.cluster.weight_sync == "collective":
+            root = self.learner.workers[0]
+            ray.get([root.broadcast_weights.remote()] + [a.receive_weights.remote(version) for a in self.actors])
+        else:
+            self.handle = self.sync.publish(version, self.learner.sampling_weights())
 
     # ---- one stage each -------------------------------------------------------------------------
     def issue_rollouts(self, step: int) -> list[ray.ObjectRef]:
@@ -171,11 +204,13 @@ class Trainer:
                            sample_seeds=seed + torch.arange(len(batch)), seed=seed,
                            trajectory=batch.trajectory, conditions=batch.conditions, cond_index=batch.group_index)
         t0 = time.perf_counter()
+        if self.cfg.cluster.colocate:
+            ray.get([a.offload.remote() for a in self.actors])  # free the shared GPUs for the learner
         metrics = self.learner.train_step(shard, step)
         self.clock.add("train", time.perf_counter() - t0)
         t0 = time.perf_counter()
         self.state.version += 1
-        self.handle = self.sync.publish(self.state.version + 1, self.learner.sampling_weights())
+        self.publish_weights()
         self.clock.add("weight_sync", time.perf_counter() - t0)
         metrics["loop/staleness"] = float(staleness)
         return metrics
@@ -196,7 +231,7 @@ class Trainer:
         return out
 
     # ---- the loop -------------------------------------------------------------------------------
-    def run(self) -> SweepResult:
+    def run(self) -> SweepResult | None:
         cfg, st = self.cfg, self.state
         total = cfg.loop.steps
         in_flight: collections.deque[tuple[int, list[ray.ObjectRef]]] = collections.deque()
@@ -207,7 +242,7 @@ class Trainer:
                    mininterval=0.5 if sys.stderr.isatty() else 15.0)
         try:
             while st.step < total:
-                while next_issue < total and len(in_flight) <= cfg.loop.max_staleness:
+                while next_issue < total and len(in_flight) < self.max_steps_ahead:
                     in_flight.append((next_issue, self.issue_rollouts(next_issue)))
                     next_issue += 1
                 step, refs = in_flight.popleft()
@@ -229,7 +264,7 @@ class Trainer:
                 t0 = time.perf_counter()
                 if st.step % cfg.loop.log_every == 0:
                     self.tracker.log_metrics(metrics, st.step)
-                if st.step % cfg.loop.scatter_every == 0 or st.step == total:
+                if not cfg.simulate.enabled and (st.step % cfg.loop.scatter_every == 0 or st.step == total):
                     self.tracker.log_figure(sample_figure(batch, cfg, f"step {st.step}"),
                                             f"scatter/step_{st.step:06d}.png")
                 if st.step % cfg.loop.checkpoint_every == 0 or st.step == total:
@@ -239,7 +274,9 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix({n: f"{metrics[f'reward/{n}']:.2f}" for n in cfg.objective_names})
             bar.close()
-            result = self.final_sweep()
+            result = None if cfg.simulate.enabled else self.final_sweep()
+            if cfg.registry.register_on_finish and not cfg.simulate.enabled:
+                self.register()
             self.tracker.end("FINISHED")
             return result
         except KeyboardInterrupt:
@@ -260,11 +297,20 @@ class Trainer:
         print_sweep(result)
         return result
 
+    def register(self) -> None:
+        """Log the EMA model of the last checkpoint as an MLflow pyfunc model and register it."""
+        from pipelines.registry import register_model
+
+        version = register_model(self.run_dir, tracking_uri=self.cfg.tracking.tracking_uri)
+        self.tracker.set_tags({"paretoslider.registered_model": f"models:/{version.name}/{version.version}"})
+        console.print(f"registered models:/{version.name}/{version.version}")
+
     def close(self) -> None:
         self.learner.shutdown()
         for a in self.actors:
-            ray.kill(a)
+            ray.kill(a, no_restart=True)
         self.rewards.close()
+        release_pools(self.rollout_pool, self.learner_pool)
 
 
 def prune_learner_checkpoints(run_dir: Path) -> None:
@@ -303,8 +349,8 @@ def print_sweep(result: SweepResult) -> None:
     console.print(table)
 
 
-def train(cfg: Config, resume: bool = False, progress: bool = True) -> SweepResult:
-    """Run one training job end to end (pre-training the base if needed)."""
+def train(cfg: Config, resume: bool = False, progress: bool = True) -> SweepResult | None:
+    """Run one training job end to end (pre-training the base if needed); ``None`` when simulating."""
     trainer = Trainer(cfg, resume=resume, progress=progress)
     try:
         return trainer.run()

@@ -16,7 +16,7 @@ from reward_servers.base import Reward
 
 RewardFactory = Callable[..., Reward]
 
-_BUILTIN_MODULES = ("reward_servers.toy2d", "reward_servers.shapes")
+_BUILTIN_MODULES = ("reward_servers.toy2d", "reward_servers.simulated", "reward_servers.shapes")
 _REGISTRY: dict[str, RewardFactory] = {}
 _builtins_loaded = False
 

@@ -121,7 +121,8 @@ def build_app(cfg: RewardsConfig) -> serve.Application:
                 name=deployment_name(spec.display),
                 num_replicas=cfg.num_replicas,
                 max_ongoing_requests=cfg.max_ongoing_requests,
-                ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
+                ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus,
+                                   "resources": dict(cfg.resources)},
                 logging_config=QUIET_LOGS,
             ).bind(spec.model_dump(), factory, cfg.max_batch_size, cfg.batch_wait_timeout_s)
         )

@@ -7,11 +7,32 @@ import os
 import pytest
 import torch
 
+from infra.config import Config
+from policies.preferences import plan_groups
+
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 TINY_MODEL = {"hidden_dim": 32, "num_blocks": 2, "time_embed_dim": 16, "pref_hidden_dim": 16, "lora_rank": 4,
               "lora_alpha": 8}
+
+
+def start_local_ray():
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+
+
+def stop_ray() -> None:
+    import ray
+
+    try:
+        from ray import serve
+
+        serve.shutdown()
+    except Exception:  # noqa: BLE001 - Serve may never have started
+        pass
+    ray.shutdown()
 
 
 @pytest.fixture(scope="session")
@@ -20,15 +41,26 @@ def ray_local():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        start_local_ray()
     yield ray
-    try:
-        from ray import serve
+    stop_ray()
 
-        serve.shutdown()
-    except Exception:  # noqa: BLE001 - Serve may never have started
-        pass
-    ray.shutdown()
+
+@pytest.fixture(scope="module")
+def ray_multinode():
+    """An emulated multi-node cluster (``ray.cluster_utils.Cluster``) with logical GPUs.
+
+    Takes the session's Ray down for the test and brings a fresh local one back afterwards.
+    """
+    import ray
+    from ray.cluster_utils import Cluster
+
+    stop_ray()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    yield cluster
+    stop_ray()
+    cluster.shutdown()
+    start_local_ray()
 
 
 @pytest.fixture(scope="session")
@@ -41,6 +73,23 @@ def tiny_base(tmp_path_factory):
     torch.manual_seed(0)
     save_base(build_backbone(ModelConfig(**TINY_MODEL), 2), ModelConfig(**TINY_MODEL), path)
     return path
+
+
+def tiny_cfg(tmp_path, base, **loop) -> Config:
+    overrides = {
+        "run_dir": str(tmp_path / "run"),
+        "model": TINY_MODEL,
+        "pretrain": {"checkpoint": str(base)},
+        "rollout": {"prompts_per_step": 2, "group_size": 4, "sampler": {"num_steps": 3}},
+        "preferences": {"slots_per_prompt": 2, "sweep_points": 3},
+        "loop": {"steps": 6, "checkpoint_every": 3, "scatter_every": 3, "eval_samples": 16, **loop},
+        "tracking": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+    }
+    return Config.model_validate(overrides)
+
+
+def all_group_ids(cfg: Config, steps: int) -> list[tuple[int, int, int]]:
+    return [g.gid for s in range(steps) for g in plan_groups(cfg, s)]
 
 
 TINY_DIFFUSERS = {"num_layers": 2, "num_single_layers": 1, "vae_channels": [16, 32], "num_heads": 2}

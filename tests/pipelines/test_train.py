@@ -6,27 +6,9 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY_MODEL
+from conftest import all_group_ids, tiny_cfg
 from infra.checkpoint import load_latest_checkpoint
-from infra.config import Config, load_config
-from policies.preferences import plan_groups
-
-
-def tiny_cfg(tmp_path, base, **loop) -> Config:
-    overrides = {
-        "run_dir": str(tmp_path / "run"),
-        "model": TINY_MODEL,
-        "pretrain": {"checkpoint": str(base)},
-        "rollout": {"prompts_per_step": 2, "group_size": 4, "sampler": {"num_steps": 3}},
-        "preferences": {"slots_per_prompt": 2, "sweep_points": 3},
-        "loop": {"steps": 6, "checkpoint_every": 3, "scatter_every": 3, "eval_samples": 16, **loop},
-        "tracking": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
-    }
-    return Config.model_validate(overrides)
-
-
-def all_group_ids(cfg: Config, steps: int) -> list[tuple[int, int, int]]:
-    return [g.gid for s in range(steps) for g in plan_groups(cfg, s)]
+from infra.config import load_config
 
 
 def test_short_train_logs_everything(ray_local, tiny_base, tmp_path):

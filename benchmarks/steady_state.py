@@ -1,0 +1,34 @@
+"""Shared by the benchmarks: run one short job and measure its steady state."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from infra.config import Config, load_config
+
+WARMUP_STEPS = 5
+"""Steps excluded from measurements: actor warm-up, first weight pulls, first Serve batches."""
+
+
+def bench_config(preset: str, workdir: Path, tag: str, overrides: list[str]) -> Config:
+    """``preset`` + ``overrides`` with the run dir and MLflow DB inside ``workdir``."""
+    return load_config(preset, overrides + [
+        f"run_dir={workdir / tag}", f"tracking.tracking_uri=sqlite:///{workdir / 'mlflow.db'}",
+        "loop.checkpoint_every=100000", "loop.scatter_every=100000"])
+
+
+def run_steady(cfg: Config) -> dict[str, float]:
+    """Samples/s and per-stage busy shares after ``WARMUP_STEPS`` (evaluation excluded)."""
+    from pipelines.train import Trainer
+
+    trainer = Trainer(cfg, progress=False)
+    try:
+        trainer.run()
+    finally:
+        trainer.close()
+    wall, busy = trainer.clock.window(WARMUP_STEPS)
+    per_step = cfg.rollout.prompts_per_step * cfg.preferences.slots_per_prompt * cfg.rollout.group_size
+    measured_steps = cfg.loop.steps - 1 - WARMUP_STEPS
+    out = {"samples_per_s": measured_steps * per_step / wall, "step_s": wall / measured_steps, "wall_s": wall}
+    out.update({f"busy_{k}": v / wall for k, v in busy.items()})
+    return out

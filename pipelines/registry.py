@@ -1,0 +1,141 @@
+"""The trained slider in the MLflow model registry: log it as a pyfunc model, register it, load it.
+
+``register_model`` exports the run's EMA model (see ``pipelines.slider_model``) into the run's
+artifacts as an MLflow pyfunc model and registers a new version under a name. The pyfunc flavour is
+"models from code" (``pipelines/slider_pyfunc.py``): nothing is pickled, loading it imports this
+package. ``load_slider`` takes ``models:/NAME/VERSION``, ``runs:/ID/slider_model``, an exported
+model directory or a training run directory, and gives the same model for each.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from infra.config import Config
+from infra.tracking import resolve_tracking_uri  # first: it switches MLflow's telemetry off
+
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from mlflow.pyfunc import PythonModel
+
+from pipelines.slider_model import MANIFEST, GenerationSpec, SliderModel
+
+MODEL_ARTIFACT = "slider_model"
+"""Artifact path of the pyfunc model inside the training run."""
+SLIDER_ARTIFACT = "slider"
+"""Key (and directory) of the exported slider inside the pyfunc model's artifacts."""
+PYFUNC_CODE = Path(__file__).with_name("slider_pyfunc.py")
+
+
+def _signature():
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+    from mlflow.types.schema import Array
+
+    inputs = Schema([ColSpec("string", "prompt", required=False), ColSpec(Array("double"), "preference"),
+                     ColSpec("long", "seed", required=False), ColSpec("long", "steps", required=False)])
+    params = ParamSchema([ParamSpec("num_samples", "long", 0)])
+    return ModelSignature(inputs=inputs, params=params)
+
+
+class SliderPyfunc(PythonModel):
+    """``predict`` takes rows of ``{prompt, preference, seed, steps}`` and returns, per row, the
+    preference used (on the simplex) and the generated samples (``num_samples`` param; 0 = the
+    serving default: ``serve.points_per_request`` points for point-cloud models, else 1)."""
+
+    def load_context(self, context) -> None:
+        self.slider = SliderModel.from_model_dir(context.artifacts[SLIDER_ARTIFACT])
+
+    def predict(self, context, model_input, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        rows = pd.DataFrame(model_input).to_dict("records")
+        specs = [self.spec(row, (params or {}).get("num_samples", 0)) for row in rows]
+        outputs = self.slider.generate(specs)
+        return pd.DataFrame({"preference": [list(s.preference) for s in specs],
+                             "samples": [o.tolist() for o in outputs]})
+
+    def spec(self, row: dict[str, Any], num_samples: int) -> GenerationSpec:
+        slider = self.slider
+        if not num_samples:
+            num_samples = slider.cfg.serve.points_per_request if slider.io.output_kind == "points" else 1
+        return GenerationSpec(preference=slider.check_preference(list(row["preference"])),
+                              seed=_int_or(row.get("seed"), 0), steps=_int_or(row.get("steps"), slider.default_steps),
+                              num_samples=int(num_samples), prompt=str(row.get("prompt") or ""))
+
+
+def _int_or(value: Any, default: int) -> int:
+    return default if value is None or (isinstance(value, float) and np.isnan(value)) else int(value)
+
+
+def register_model(run_dir: str | Path, name: str | None = None, tracking_uri: str | None = None):
+    """Log the run's EMA model into its MLflow run as a pyfunc model and register a new version.
+
+    ``name`` defaults to ``registry.model_name`` or the job's ``name``; ``tracking_uri`` to the
+    run's ``tracking.tracking_uri``. Returns the ``ModelVersion``.
+    """
+    import mlflow.pyfunc
+
+    slider = SliderModel.from_run_dir(run_dir)
+    cfg: Config = slider.cfg
+    uri = resolve_tracking_uri(tracking_uri or cfg.tracking.tracking_uri)
+    client = MlflowClient(uri)
+    if slider.mlflow_run_id is None:
+        raise ValueError(f"run directory {run_dir} names no MLflow run in its checkpoint")
+    try:
+        run = client.get_run(slider.mlflow_run_id)
+    except MlflowException:
+        raise ValueError(f"MLflow run {slider.mlflow_run_id} of {run_dir} is not in {uri}; "
+                         "pass the tracking URI the run was logged to") from None
+    name = name or cfg.registry.model_name or cfg.name
+    with tempfile.TemporaryDirectory() as tmp:
+        exported = slider.export(Path(tmp) / SLIDER_ARTIFACT)
+        with warnings.catch_warnings():
+            # An input example would make MLflow load and run the model while saving it.
+            warnings.filterwarnings("ignore", message=".*An input example was not provided")
+            mlflow.pyfunc.save_model(
+                Path(tmp) / MODEL_ARTIFACT, python_model=str(PYFUNC_CODE),
+                artifacts={SLIDER_ARTIFACT: str(exported)}, signature=_signature(),
+                # Listed, not inferred: inference would load the model in a subprocess to trace imports.
+                pip_requirements=["paretoslider", f"mlflow=={mlflow.__version__}"],
+                metadata={"objectives": slider.objective_labels, "model_kind": cfg.model.kind, "step": slider.step},
+            )
+        client.log_artifacts(run.info.run_id, str(Path(tmp) / MODEL_ARTIFACT), MODEL_ARTIFACT)
+    try:
+        client.create_registered_model(name, description="ParetoSlider: one model, a slider over rewards")
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    return client.create_model_version(
+        name, source=f"{run.info.artifact_uri}/{MODEL_ARTIFACT}", run_id=run.info.run_id,
+        description=f"step {slider.step}, objectives {slider.objective_labels}")
+
+
+def load_slider(source: str | Path, tracking_uri: str | None = None) -> SliderModel:
+    """A ``SliderModel`` from a registry/run URI, an exported model directory or a run directory."""
+    text = str(source)
+    if "://" in text or text.startswith("models:/") or text.startswith("runs:/"):
+        import mlflow.artifacts
+        from mlflow.store.artifact.utils.models import get_model_name_and_version
+
+        uri = resolve_tracking_uri(tracking_uri)
+        if text.startswith("models:/"):
+            # Resolved here: MLflow's models:/ download ignores an explicit registry URI.
+            client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+            text = client.get_model_version_download_uri(*get_model_name_and_version(client, text))
+        local = mlflow.artifacts.download_artifacts(artifact_uri=text, tracking_uri=uri)
+        return SliderModel.from_model_dir(Path(local) / "artifacts" / SLIDER_ARTIFACT)
+    path = Path(source)
+    if (path / MANIFEST).is_file():
+        return SliderModel.from_model_dir(path)
+    if (path / "artifacts" / SLIDER_ARTIFACT / MANIFEST).is_file():
+        return SliderModel.from_model_dir(path / "artifacts" / SLIDER_ARTIFACT)
+    if (path / "config.yaml").is_file():
+        return SliderModel.from_run_dir(path)
+    raise FileNotFoundError(f"{source} is neither a models:/ or runs:/ URI, an exported slider model "
+                            f"({MANIFEST}) nor a training run directory (config.yaml + checkpoints/)")
+

@@ -1,0 +1,293 @@
+"""``paretoslider serve``: a trained slider behind Ray Serve, with a web page of one slider per objective.
+
+Routes (FastAPI ingress; OpenAPI schema at ``/openapi.json``, docs at ``/docs``):
+
+- ``POST /v1/generate`` ``{prompt, preference, seed, steps, width, height, source_image?}`` -> PNG
+  (``Accept: application/json`` -> JSON with the PNG in base64, plus the points of point-cloud
+  models); the preference actually used is in the ``X-Preference`` header / ``preference`` field.
+  Concurrent requests are generated together with ``@serve.batch``.
+- ``GET /v1/objectives``: the objectives in ``w`` order, what they mean, and what the model takes.
+- ``GET /healthz``; ``GET /``: the slider page.
+
+Bad input is answered 4xx with the field named (422 in FastAPI's ``detail`` shape, 413 for a body
+over ``serve.max_body_bytes``, 401 without the bearer token when ``serve.require_token``); nothing
+on the wire is pickled. Serve's HTTP proxy is cluster-wide: the reward servers reuse whatever Serve
+runs, so the endpoint starts Serve first with its own host/port, and refuses to start if a Serve
+with other HTTP options already runs in the cluster.
+"""
+
+# No ``from __future__ import annotations``: FastAPI reads the route methods' annotations after Serve
+# rebinds them, and string annotations would turn ``request: Request`` into a query parameter.
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import io
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from ray import serve
+
+from infra.config import Config, ServeConfig
+from infra.ray_init import start_ray
+from pipelines.slider_model import GenerationSpec, InvalidRequest, SliderModel
+
+APP_NAME = "slider"
+PAGE = Path(__file__).with_name("slider_page.html")
+DEFAULT_POINTS_SIZE = 320
+"""Side of the scatter PNG of point-cloud models when the request gives no size."""
+
+
+class GenerateRequest(BaseModel):
+    """Body of ``POST /v1/generate``."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    preference: list[float] | dict[str, float]
+    """Weights in objective order, or ``{objective: weight}``; scaled to sum 1."""
+    prompt: str = ""
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    steps: int | None = Field(None, ge=1)
+    """Sampler steps (default: the training sampler's)."""
+    width: int | None = Field(None, ge=16)
+    height: int | None = Field(None, ge=16)
+    source_image: str | None = None
+    """Editing models: the source image, base64 PNG or JPEG (``data:`` URLs are fine)."""
+
+
+class GenerateResponse(BaseModel):
+    """JSON answer of ``POST /v1/generate``."""
+
+    preference: dict[str, float]
+    seed: int
+    steps: int
+    width: int
+    height: int
+    output_kind: str
+    image_png_base64: str
+    points: list[list[float]] | None = None
+    """Point-cloud models: the generated samples."""
+
+
+def token_digest(token: str) -> str:
+    """What the replicas keep of the bearer token (the token itself never leaves the driver)."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _error(status: int, field: str | None, message: str) -> JSONResponse:
+    loc = ["body", field] if field else ["body"]
+    return JSONResponse({"detail": [{"loc": loc, "msg": message, "type": "value_error"}]}, status_code=status)
+
+
+GENERATE_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": GenerateRequest.model_json_schema()}}}}
+"""The body schema for OpenAPI (the route reads the body itself, to bound its size)."""
+
+api = FastAPI(title="ParetoSlider", version="1",
+              description="One preference-conditioned model; move the preference along the Pareto front.")
+
+
+@api.exception_handler(InvalidRequest)
+async def _invalid_request(request: Request, err: InvalidRequest) -> JSONResponse:
+    return _error(422, err.field, err.message)
+
+
+def decode_image(data: str, max_side: int):
+    """A PIL image from base64 (optionally a ``data:`` URL); ``InvalidRequest`` if it is not one."""
+    from PIL import Image, UnidentifiedImageError
+
+    payload = data.split(",", 1)[1] if data.startswith("data:") else data
+    try:
+        raw = base64.b64decode(payload, validate=True)
+        image = Image.open(io.BytesIO(raw))
+        if max(image.size) > max_side:
+            raise InvalidRequest("source_image", f"is {image.size[0]}x{image.size[1]}; the limit is "
+                                 f"{max_side} pixels a side")
+        image.load()
+    except (binascii.Error, UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as err:
+        if isinstance(err, InvalidRequest):
+            raise
+        raise InvalidRequest("source_image", f"is not a base64 PNG or JPEG image ({err or type(err).__name__})") from None
+    return image.convert("RGB")
+
+
+@serve.deployment
+@serve.ingress(api)
+class SliderServer:
+    """One replica: the model, its request checks, and batched generation."""
+
+    def __init__(self, model_dir: str, limits: dict[str, Any], token_sha256: str | None):
+        self.model = SliderModel.from_model_dir(model_dir)
+        self.limits = ServeConfig.model_validate(limits)
+        self.token_sha256 = token_sha256
+        self._generate_batch.set_max_batch_size(self.limits.max_batch_size)
+        self._generate_batch.set_batch_wait_timeout_s(self.limits.batch_wait_timeout_s)
+        self.batch_sizes: list[int] = []
+        self.page = PAGE.read_text()
+
+    # ---- routes ---------------------------------------------------------------------------------
+    @api.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page(self) -> HTMLResponse:
+        return HTMLResponse(self.page)
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict[str, Any]:
+        """Liveness, whether ``/v1/*`` needs a token, and this replica's batching counters."""
+        return {"status": "ok", "auth_required": self.token_sha256 is not None,
+                "requests": sum(self.batch_sizes), "batches": len(self.batch_sizes)}
+
+    @api.get("/v1/objectives")
+    async def objectives(self, request: Request) -> dict[str, Any]:
+        """The objectives in preference order, what each means, and what the model takes."""
+        if (denied := self._authorize(request)) is not None:
+            return denied
+        m = self.model
+        return {"objectives": [asdict(o) for o in m.objectives],
+                "model": {"kind": m.cfg.model.kind, **asdict(m.io), "step": m.step,
+                          "default_steps": m.default_steps, "max_steps": self.limits.max_steps,
+                          "max_size": self.limits.max_size, "max_prompt_chars": self.limits.max_prompt_chars}}
+
+    @api.post("/v1/generate", response_model=GenerateResponse, openapi_extra=GENERATE_BODY,
+              responses={200: {"content": {"image/png": {}}, "description": "PNG, or JSON when asked"},
+                         401: {"description": "missing or wrong bearer token"},
+                         413: {"description": "body too large"}, 422: {"description": "a field is invalid"}})
+    async def generate(self, request: Request) -> Response:
+        """Generate at the requested preference; PNG unless ``Accept: application/json``."""
+        if (denied := self._authorize(request)) is not None:
+            return denied
+        body = await self.read_body(request)
+        if isinstance(body, JSONResponse):
+            return body
+        spec, width, height = self.check(body)
+        output = await self._generate_batch(spec)
+        png = await asyncio.to_thread(self.model.to_png, output, spec.preference, width, height)
+        used = dict(zip(self.model.objective_labels, spec.preference))
+        if "application/json" in request.headers.get("accept", ""):
+            points = output.tolist() if self.model.io.output_kind == "points" else None
+            return JSONResponse(GenerateResponse(
+                preference=used, seed=spec.seed, steps=spec.steps, width=width, height=height,
+                output_kind=self.model.io.output_kind, image_png_base64=base64.b64encode(png).decode(),
+                points=points).model_dump())
+        return Response(png, media_type="image/png", headers={"X-Preference": json.dumps(used)})
+
+    # ---- checks and batching --------------------------------------------------------------------
+    def _authorize(self, request: Request) -> JSONResponse | None:
+        if self.token_sha256 is None:
+            return None
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(token_digest(token.strip()), self.token_sha256):
+            return None
+        return JSONResponse({"detail": "missing or wrong bearer token (Authorization: Bearer <token>)"},
+                            status_code=401, headers={"WWW-Authenticate": "Bearer"})
+
+    async def read_body(self, request: Request) -> "GenerateRequest | JSONResponse":
+        """The body, read up to ``max_body_bytes`` (413 past it, chunked or not) and validated (422)."""
+        limit = self.limits.max_body_bytes
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > limit:
+            return _error(413, None, f"request body of {length} bytes is over the limit of {limit} bytes")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                return _error(413, None, f"request body is over the limit of {limit} bytes")
+            chunks.append(chunk)
+        try:
+            return GenerateRequest.model_validate_json(b"".join(chunks))
+        except ValidationError as err:
+            return JSONResponse({"detail": [{"loc": ["body", *e["loc"]], "msg": e["msg"], "type": e["type"]}
+                                            for e in err.errors()]}, status_code=422)
+
+    def check(self, body: GenerateRequest) -> tuple[GenerationSpec, int, int]:
+        """Every config-dependent limit; ``InvalidRequest`` (-> 422) names the first bad field."""
+        lim, m = self.limits, self.model
+        if len(body.prompt) > lim.max_prompt_chars:
+            raise InvalidRequest("prompt", f"has {len(body.prompt)} characters; the limit is {lim.max_prompt_chars}")
+        preference = m.check_preference(body.preference)
+        steps = body.steps or m.default_steps
+        if steps > lim.max_steps:
+            raise InvalidRequest("steps", f"is {steps}; the limit is {lim.max_steps}")
+        size = {}
+        for field in ("width", "height"):
+            value = getattr(body, field) or DEFAULT_POINTS_SIZE
+            if value > lim.max_size:
+                raise InvalidRequest(field, f"is {value}; the limit is {lim.max_size}")
+            size[field] = value
+        if body.source_image is not None:
+            decode_image(body.source_image, lim.max_size)
+            if not m.io.uses_source_image:
+                raise InvalidRequest("source_image", f"this {m.cfg.model.kind} model takes no source image")
+        samples = lim.points_per_request if m.io.output_kind == "points" else 1
+        return GenerationSpec(preference, body.seed, steps, samples, body.prompt), size["width"], size["height"]
+
+    @serve.batch
+    async def _generate_batch(self, specs: list[GenerationSpec]):
+        self.batch_sizes.append(len(specs))
+        # A worker thread keeps the event loop answering (and queueing the next batch) meanwhile.
+        return await asyncio.to_thread(self.model.generate, specs)
+
+
+# ---- deploying ----------------------------------------------------------------------------------
+def start_serve_http(host: str, port: int) -> None:
+    """Start Serve with this HTTP address, or check that the running Serve already has it."""
+    from ray.serve.context import _get_global_client
+
+    client = _get_global_client(raise_if_no_controller_running=False)
+    if client is None:
+        serve.start(http_options={"host": host, "port": port})
+        return
+    running = client.http_config
+    if (running.host, running.port) != (host, port):
+        raise RuntimeError(
+            f"Ray Serve already runs in this cluster with HTTP on {running.host}:{running.port}, not "
+            f"{host}:{port} (serve.host/serve.port); Serve has one HTTP address per cluster: start the "
+            "endpoint before other Serve apps (e.g. a training job's reward servers), or set serve.port to it")
+
+
+@dataclass
+class SliderEndpoint:
+    """A running slider app; ``close()`` deletes it and its exported model directory."""
+
+    url: str
+    model_dir: Path
+
+    def close(self) -> None:
+        serve.delete(APP_NAME)
+        shutil.rmtree(self.model_dir.parent, ignore_errors=True)
+
+
+def deploy_slider(cfg: Config, source: "str | Path", tracking_uri: "str | None" = None) -> SliderEndpoint:
+    """Load the model in the driver (bad sources fail here), export it for the replicas, deploy.
+
+    ``cfg`` gives ``serve.*`` and ``ray.*``; the model brings its own training config.
+    """
+    from pipelines.registry import load_slider
+
+    s = cfg.serve
+    token = None
+    if s.require_token:
+        token = os.environ.get(s.token_env)
+        if not token:
+            raise ValueError(f"serve.require_token is set but the environment variable {s.token_env} "
+                             "(serve.token_env) is empty")
+    model = load_slider(source, tracking_uri or cfg.tracking.tracking_uri)
+    # Replicas may run in another working directory: they load an exported copy with absolute paths.
+    model_dir = model.export(Path(tempfile.mkdtemp(prefix="paretoslider-serve-")) / "slider")
+    start_ray(cfg.ray)
+    start_serve_http(s.host, s.port)
+    app = SliderServer.options(
+        num_replicas=s.num_replicas, max_ongoing_requests=s.max_ongoing_requests,
+        ray_actor_options={"num_cpus": s.num_cpus, "num_gpus": s.num_gpus},
+    ).bind(str(model_dir), s.model_dump(), token_digest(token) if token else None)
+    serve.run(app, name=APP_NAME, route_prefix="/")
+    host = "127.0.0.1" if s.host in ("0.0.0.0", "::") else s.host
+    return SliderEndpoint(f"http://{host}:{s.port}", model_dir)

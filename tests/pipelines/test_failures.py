@@ -1,0 +1,114 @@
+"""Injected failures on a real local Ray: dead rollout actor, dead reward replica, dead learner,
+hung reward. Every run either finishes with each group trained exactly once or fails loudly."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import ray
+from mlflow.tracking import MlflowClient
+
+from actors.learner import LearnerDiedError
+from infra.checkpoint import load_latest_checkpoint
+from pipelines import train as train_mod
+from reward_servers.base import RewardInputs, RewardServerError
+from reward_servers.registry import register
+from conftest import all_group_ids, tiny_cfg
+
+
+def consumed_ids(cfg) -> list[tuple[int, int, int]]:
+    _, blob = load_latest_checkpoint(cfg.run_dir)
+    return [tuple(x) for x in blob["loop"]["consumed"].tolist()]
+
+
+def inject_once(monkeypatch, at_step: int, action) -> None:
+    """Run ``action(trainer)`` once, right before the reward call of step index ``at_step``."""
+    original = train_mod.Trainer.score
+
+    def score(self, batch):
+        if self.state.step == at_step and not getattr(self, "_injected", False):
+            self._injected = True
+            action(self)
+        return original(self, batch)
+
+    monkeypatch.setattr(train_mod.Trainer, "score", score)
+
+
+@pytest.mark.slow
+def test_killed_rollout_actor_is_restarted_and_its_groups_reissued(ray_local, tiny_base, tmp_path, monkeypatch):
+    cfg = tiny_cfg(tmp_path, tiny_base, steps=6)
+    restarted = []
+    original_close = train_mod.Trainer.close
+
+    def close(self):
+        restarted.append(ray.get(self.actors[0].was_restarted.remote()))
+        original_close(self)
+
+    monkeypatch.setattr(train_mod.Trainer, "close", close)
+    # step 3's rollout is in flight on the actor when it dies (max_staleness=1)
+    inject_once(monkeypatch, 2, lambda trainer: ray.kill(trainer.actors[0], no_restart=False))
+    train_mod.train(cfg, progress=False)
+    assert consumed_ids(cfg) == all_group_ids(cfg, 6)
+    assert restarted == [True]
+
+
+@pytest.mark.slow
+def test_killed_reward_replica_is_replaced_and_scoring_retried(ray_local, tiny_base, tmp_path, monkeypatch):
+    cfg = tiny_cfg(tmp_path, tiny_base, steps=5)
+    cfg.rewards.retries = 4
+
+    def kill_replica(trainer):
+        replicas = [a for a in ray.util.list_named_actors(all_namespaces=True)
+                    if a["name"].startswith("SERVE_REPLICA::rewards#reward-target_a#")]
+        assert replicas, "no reward replica found"
+        ray.kill(ray.get_actor(replicas[0]["name"], namespace=replicas[0]["namespace"]), no_restart=True)
+
+    inject_once(monkeypatch, 2, kill_replica)
+    train_mod.train(cfg, progress=False)
+    assert consumed_ids(cfg) == all_group_ids(cfg, 5)
+    _, blob = load_latest_checkpoint(cfg.run_dir)
+    client = MlflowClient(cfg.tracking.tracking_uri)
+    history = client.get_metric_history(blob["loop"]["mlflow_run_id"], "reward/target_a")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4, 5]  # every step scored, none twice
+    assert all(math.isfinite(m.value) for m in history)
+
+
+@pytest.mark.slow
+def test_killed_learner_fails_loudly_then_resume_finishes(ray_local, tiny_base, tmp_path, monkeypatch):
+    cfg = tiny_cfg(tmp_path, tiny_base, steps=6, checkpoint_every=2)
+    inject_once(monkeypatch, 3, lambda trainer: ray.kill(trainer.learner.workers[0], no_restart=True))
+    with pytest.raises(LearnerDiedError, match="--resume"):
+        train_mod.train(cfg, progress=False)
+    assert load_latest_checkpoint(cfg.run_dir)[0] == 2
+    monkeypatch.undo()
+    train_mod.train(cfg, resume=True, progress=False)
+    assert consumed_ids(cfg) == all_group_ids(cfg, 6)
+
+
+@register("test_hangs")
+class Hangs:
+    name = "test_hangs"
+    inputs = ("samples",)
+    range = (0.0, 1.0)
+    direction = "max"
+
+    def score(self, batch: RewardInputs) -> np.ndarray:
+        import time
+
+        time.sleep(20)
+        return np.zeros(len(batch), dtype=np.float32)
+
+
+def test_hung_reward_server_times_out_with_its_name(ray_local, tiny_base, tmp_path):
+    cfg = tiny_cfg(tmp_path, tiny_base, steps=3)
+    cfg.rewards = cfg.rewards.model_validate({
+        "backend": "local", "timeout_s": 3.0, "retries": 0,
+        "objectives": [{"name": "toy2d_target", "label": "target_a", "args": {"target": [4, 0]}},
+                       {"name": "test_hangs", "label": "stuck"}]})
+    with pytest.raises(RewardServerError, match="'stuck'.*timed out"):
+        train_mod.train(cfg, progress=False)
+    client = MlflowClient(cfg.tracking.tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name(cfg.tracking.experiment).experiment_id])
+    assert runs[0].info.status == "FAILED"

@@ -1,0 +1,104 @@
+"""The trained slider after training: registered in MLflow, loaded back identically, checked inputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+from pipelines.registry import load_slider
+from pipelines.slider_model import GenerationSpec, InvalidRequest, SliderModel
+from slider_run import MODEL_NAME, cfg, model, target  # noqa: F401 - cfg, model: fixtures
+
+
+SPECS = [GenerationSpec((1.0, 0.0), seed=3, steps=4, num_samples=64),
+         GenerationSpec((0.0, 1.0), seed=3, steps=4, num_samples=64),
+         GenerationSpec((0.3, 0.7), seed=9, steps=7, num_samples=5)]
+
+
+def test_training_registers_a_model_that_loads_back_identically(cfg, model):
+    client = MlflowClient(cfg.tracking.tracking_uri)
+    version = client.get_model_version(MODEL_NAME, "1")
+    run = client.get_run(version.run_id)
+    assert run.data.tags["paretoslider.registered_model"] == f"models:/{MODEL_NAME}/1"
+    assert run.info.status == "FINISHED"
+
+    registered = load_slider(f"models:/{MODEL_NAME}/1", cfg.tracking.tracking_uri)
+    assert registered.objective_labels == ["target_a", "target_b"] == model.objective_labels
+    assert registered.step == model.step == 40
+    for a, b in zip(model.generate(SPECS), registered.generate(SPECS)):
+        np.testing.assert_array_equal(a, b)
+
+    pyfunc = mlflow.pyfunc.load_model(version.source)
+    out = pyfunc.predict(pd.DataFrame({"prompt": ["", ""], "preference": [[2.0, 0.0], [0.0, 1.0]],
+                                       "seed": [3, 3], "steps": [4, 4]}), params={"num_samples": 64})
+    assert out["preference"].tolist() == [[1.0, 0.0], [0.0, 1.0]]
+    np.testing.assert_array_equal(np.asarray(out["samples"][0], dtype=np.float32), model.generate(SPECS[:1])[0])
+
+
+def test_the_slider_moves_samples_between_targets(cfg, model):
+    at_a, at_b = (out.mean(0) for out in model.generate(SPECS[:2]))
+    a, b = target(cfg, "target_a"), target(cfg, "target_b")
+    # The targets are 5.7 apart; each corner of the slider pulls its samples towards its own target.
+    assert np.linalg.norm(at_a - a) + 1.5 < np.linalg.norm(at_b - a)
+    assert np.linalg.norm(at_b - b) + 1.5 < np.linalg.norm(at_a - b)
+
+
+def test_outputs_depend_on_seed_not_on_batching(model):
+    together = model.generate(SPECS)
+    alone = [model.generate([s])[0] for s in SPECS]
+    for a, b in zip(together, alone):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    assert together[2].shape == (5, 2)
+    other_seed = model.generate([GenerationSpec((1.0, 0.0), seed=4, steps=4, num_samples=64)])[0]
+    assert np.abs(other_seed - together[0]).max() > 0.1
+
+
+@pytest.mark.parametrize("value, message", [
+    ([1.0, -0.5], "weights must be finite and >= 0"),
+    ([float("nan"), 1.0], "weights must be finite and >= 0"),
+    ([float("inf"), 1.0], "weights must be finite and >= 0"),
+    ([1.0], "needs 2 weights, one per objective"),
+    ([0.2, 0.3, 0.5], "needs 2 weights"),
+    ({"target_c": 1.0}, "unknown objective(s) ['target_c']"),
+    ([0.0, 0.0], "at least one weight must be > 0"),
+    (["a", 1.0], "must be 2 numbers"),
+])
+def test_bad_preferences_name_the_field(model, value, message):
+    with pytest.raises(InvalidRequest) as err:
+        model.check_preference(value)
+    assert err.value.field == "preference" and message in err.value.message
+
+
+def test_preferences_are_put_on_the_simplex(model):
+    assert model.check_preference([3, 1]) == (0.75, 0.25)
+    assert model.check_preference({"target_b": 2.0}) == (0.0, 1.0)
+
+
+def test_register_cli_and_exported_dir(cfg, model, tmp_path):
+    from pipelines.cli import app
+
+    result = CliRunner().invoke(app, ["register", cfg.run_dir, "--name", "toy2d-cli"])
+    assert result.exit_code == 0, result.output
+    assert "registered models:/toy2d-cli/1" in result.output
+    exported = model.export(tmp_path / "slider")
+    np.testing.assert_array_equal(load_slider(exported).generate(SPECS[:1])[0], model.generate(SPECS[:1])[0])
+
+
+def test_a_changed_base_is_refused(model, tmp_path):
+    exported = model.export(tmp_path / "slider")
+    other_base = tmp_path / "base.pt"
+    shutil.copy(model.base_checkpoint, other_base)
+    with other_base.open("ab") as f:
+        f.write(b"\0")
+    manifest = json.loads((exported / "slider.json").read_text())
+    manifest["base_checkpoint"] = str(other_base)
+    (exported / "slider.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="changed since the model was exported"):
+        SliderModel.from_model_dir(exported)
