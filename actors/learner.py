@@ -41,7 +41,8 @@ class LearnerWorker:
 
         lc = self.cfg.learner
         init_process_group(self.rank, self.world_size, master_addr, master_port, lc.backend)
-        self.policy = build_policy(self.cfg.model, self.cfg.num_objectives, self.base_checkpoint)
+        # No text encoders / VAE here: the shard carries the conditions the rollout actors encoded.
+        self.policy = build_policy(self.cfg.model, self.cfg.num_objectives, self.base_checkpoint, encoders=False)
         optimizer = torch.optim.AdamW(self.policy.param_groups(lc.lr, lc.pref_lr_mult), lr=lc.lr,
                                       weight_decay=lc.weight_decay)
         self.engine, _, _, _ = deepspeed.initialize(

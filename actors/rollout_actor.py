@@ -18,7 +18,7 @@ from actors.weight_sync import CollectiveGroup, WeightHandle, fetch_weights
 from infra.config import Config
 from policies.batch import GroupSpec, RolloutBatch
 from policies.policy import build_policy
-from policies.rollout import sample_groups
+from policies.rollout import rollout_groups
 
 
 class RolloutWorker:
@@ -81,8 +81,8 @@ class RolloutWorker:
         self.apply_weights(handle)
         if self.cfg.simulate.enabled:
             return self._simulated(groups, start)
-        batch = sample_groups(self.policy.velocity, groups, self.cfg.rollout.group_size, self.policy.sample_shape,
-                              self.cfg.rollout.sampler, self.version, self.device)
+        batch = rollout_groups(self.policy, groups, self.cfg.rollout.group_size, self.cfg.rollout.sampler,
+                               self.version, self.device)
         batch.meta.update(actor=self.actor_index, started=start, finished=time.time())
         return batch
 

@@ -21,11 +21,66 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class TinyModelConfig(Strict):
+    """Architecture of an in-repo tiny diffusers base (the CPU shapes world and the tests)."""
+
+    image_size: int = Field(32, ge=8)
+    """Height = width of the images, in pixels."""
+    vae_channels: list[int] = Field(default_factory=lambda: [32, 64], min_length=1)
+    """``AutoencoderKL`` block widths; ``len - 1`` downsamplings (32 px -> 16 x 16 latents)."""
+    vae_groups: int = Field(8, ge=1)
+    """GroupNorm groups in the VAE (must divide every width)."""
+    latent_channels: int = Field(4, ge=1)
+    num_layers: int = Field(4, ge=1)
+    """Joint (double-stream) transformer blocks."""
+    num_single_layers: int = Field(2, ge=0)
+    """Single-stream blocks (Flux only)."""
+    num_heads: int = Field(4, ge=1)
+    head_dim: int = Field(16, ge=8)
+    text_dim: int = Field(32, ge=8)
+    """Width of each tiny text encoder (CLIP); T5's width is twice this."""
+    text_layers: int = Field(2, ge=2)
+    """Text-encoder layers (>= 2: SD3 reads CLIP's penultimate hidden state)."""
+    text_heads: int = Field(2, ge=1)
+    max_text_tokens: int = Field(16, ge=4)
+    """Tokenizer length (CLIP context and T5 ``max_sequence_length`` of the tiny models)."""
+
+    @model_validator(mode="after")
+    def _divisible(self) -> TinyModelConfig:
+        bad = [c for c in self.vae_channels if c % self.vae_groups]
+        if bad:
+            raise ValueError(f"vae_channels {self.vae_channels} must all be divisible by vae_groups={self.vae_groups}")
+        return self
+
+
+class DiffusersConfig(Strict):
+    """How an SD3 / FLUX.1 Kontext backbone is loaded and run (ignored by toy2d)."""
+
+    pretrained: str | None = None
+    """Local diffusers directory or hub id of the base pipeline; None = ``pretrain.checkpoint``
+    (the in-repo tiny base that ``paretoslider pretrain`` makes)."""
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Weights dtype of the frozen base (LoRA and preference modules follow it)."""
+    gradient_checkpointing: bool = False
+    """Recompute transformer blocks in the backward pass (learner only)."""
+    height: int = Field(32, ge=8)
+    """Generated image / video height in pixels."""
+    width: int = Field(32, ge=8)
+    max_sequence_length: int = Field(16, ge=1)
+    """T5 prompt tokens."""
+    guidance: float | None = None
+    """Distilled guidance fed to the transformer (FLUX.1 Kontext dev: 2.5); None if it has none."""
+
+
+def _attention_projections() -> list[str]:
+    return ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
+
+
 class ModelConfig(Strict):
     """The policy network and how it is adapted during RL."""
 
-    kind: Literal["toy2d"] = "toy2d"
-    """Backbone family; image backbones are added by later presets."""
+    kind: Literal["toy2d", "sd3", "flux_kontext"] = "toy2d"
+    """Backbone family: the toy2d MLP, or a diffusers transformer (see ``policies/backbones.py``)."""
     hidden_dim: int = Field(128, ge=8, le=8192)
     """Width of the toy2d MLP."""
     num_blocks: int = Field(3, ge=1, le=64)
@@ -39,7 +94,17 @@ class ModelConfig(Strict):
     lora_alpha: float = Field(32.0, gt=0)
     """LoRA scaling numerator (scale = alpha / rank)."""
     lora_targets: list[str] = Field(default_factory=lambda: ["fc1", "fc2", "in_proj", "out_proj"])
-    """Module names that get LoRA adapters."""
+    """Module names that get LoRA adapters (diffusers kinds default to the attention projections,
+    matched inside the transformer only)."""
+    diffusers: DiffusersConfig = Field(default_factory=DiffusersConfig)
+    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
+    """Architecture of the tiny base ``paretoslider pretrain`` builds when ``diffusers.pretrained`` is None."""
+
+    @model_validator(mode="after")
+    def _diffusers_lora_targets(self) -> ModelConfig:
+        if self.kind != "toy2d" and "lora_targets" not in self.model_fields_set:
+            self.__dict__["lora_targets"] = _attention_projections()
+        return self
 
 
 class ToyDataConfig(Strict):
@@ -62,7 +127,34 @@ class PretrainConfig(Strict):
     seed: int = 0
     data: ToyDataConfig = Field(default_factory=ToyDataConfig)
     checkpoint: str = "runs/base/toy2d_base.pt"
-    """Where the base model is saved; ``train`` pre-trains it on the fly if it is missing."""
+    """Where the base model is saved (a diffusers directory for image kinds); ``train`` pre-trains
+    it on the fly if it is missing and ``model.diffusers.pretrained`` is not set."""
+    vae_steps: int = Field(300, ge=0)
+    """Shapes world: autoencoder steps before the transformer trains (the latents must exist first)."""
+    vae_batch_size: int = Field(16, ge=1)
+    """Shapes world: images per autoencoder step."""
+    dataset_size: int = Field(2048, ge=16)
+    """Shapes world: examples rendered and encoded once for the transformer's pre-training."""
+    caption_dropout: float = Field(0.1, ge=0, lt=1)
+    """Shapes world: share of empty prompts, so the base also models the unconditional flow (CFG)."""
+    eval_samples: int = Field(216, ge=1)
+    """Shapes world: generated images on which the caption accuracy of the base is measured."""
+
+
+class DataConfig(Strict):
+    """The prompts groups are drawn from (see ``policies/prompts.py``)."""
+
+    kind: Literal["none", "shapes", "shapes_edit", "file"] = "none"
+    """``none``: unconditional toy2d; ``shapes``: the 54 shapes captions; ``shapes_edit``: procedural
+    edits (instruction + source image); ``file``: prompts (or JSON lines with a source image) from ``path``."""
+    path: str | None = None
+    """Prompt file of ``kind: file``."""
+    num_prompts: int = Field(256, ge=1)
+    """``shapes_edit``: procedural edits in the training set."""
+    eval_prompts: int = Field(4, ge=1)
+    """Prompts in the final sweep (held-out edits for ``shapes_edit``)."""
+    seed: int = 0
+    """Seeds the procedural edits."""
 
 
 class RewardSpec(Strict):
@@ -171,6 +263,10 @@ class SamplerConfig(Strict):
     num_steps: int = Field(10, ge=1, le=1000)
     noise_level: float = Field(0.7, ge=0)
     """Flow-GRPO ``a`` in ``sigma_t = a sqrt(t / (1 - t))``."""
+    shift: float = Field(1.0, gt=0)
+    """Time-grid shift ``t' = s t / (1 + (s - 1) t)`` (SD3.5: 3; 1 = uniform)."""
+    guidance_scale: float = Field(1.0, ge=1)
+    """Classifier-free guidance with the empty prompt (1 = off, the DiffusionNFT default)."""
 
 
 class RolloutConfig(Strict):
@@ -415,6 +511,7 @@ class Config(Strict):
     run_dir: str = "runs/toy2d"
     """Checkpoints, the resolved config and the run state live here."""
     model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     rewards: RewardsConfig = Field(default_factory=RewardsConfig)
     preferences: PreferenceConfig = Field(default_factory=PreferenceConfig)
@@ -459,6 +556,11 @@ class Config(Strict):
                 f"algorithm.train_timesteps ({a.train_timesteps}) must be <= "
                 f"rollout.sampler.num_steps ({self.rollout.sampler.num_steps}) for grpo"
             )
+        if a.objective == "grpo" and self.rollout.sampler.guidance_scale > 1:
+            raise ValueError("rollout.sampler.guidance_scale > 1 is for nft only: Flow-GRPO's log-probs "
+                             "are of the unguided policy")
+        if self.model.kind == "toy2d" and self.data.kind != "none":
+            raise ValueError(f"data.kind='{self.data.kind}' needs an image backbone; model.kind is 'toy2d'")
         c = self.cluster
         if c.colocate and (not c.placement_groups or self.loop.max_staleness != 0):
             raise ValueError("cluster.colocate needs cluster.placement_groups=true and loop.max_staleness=0 "

@@ -29,9 +29,20 @@ def _load(config: Path | None, overrides: list[str] | None, extra: list[str] | N
 def train(config: ConfigOpt = None, set_: SetOpt = None,
           resume: Annotated[bool, typer.Option(help="Continue the run in run_dir from its last checkpoint")] = False,
           address: Annotated[Optional[str], typer.Option(help="Ray address (auto, ray://host:10001)")] = None,
-          progress: Annotated[bool, typer.Option(help="Show progress bars")] = True) -> None:
+          progress: Annotated[bool, typer.Option(help="Show progress bars")] = True,
+          dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and print the plan; load no weights")] = False
+          ) -> None:
     """Train one preference-conditioned model with multi-objective RL (pre-trains the base if missing)."""
     cfg = _load(config, set_, [f"ray.address={address}"] if address else None)
+    if dry_run:
+        from pipelines.plan import describe_plan
+
+        try:
+            typer.echo(describe_plan(cfg))
+        except ValueError as err:
+            typer.secho(f"invalid plan: {err}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from None
+        return
     from pipelines.train import train as run_train
 
     try:
@@ -45,7 +56,7 @@ def train(config: ConfigOpt = None, set_: SetOpt = None,
 def pretrain(config: ConfigOpt = None, set_: SetOpt = None,
              out: Annotated[Optional[Path], typer.Option(help="Where to save (default: pretrain.checkpoint)")] = None
              ) -> None:
-    """Pre-train the base flow-matching model (toy2d: a 2-D Gaussian ring)."""
+    """Pre-train the base flow-matching model (toy2d: a 2-D Gaussian ring; sd3 / flux_kontext: the shapes world)."""
     cfg = _load(config, set_)
     from pipelines.pretrain import pretrain_base
 

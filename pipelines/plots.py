@@ -9,7 +9,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from infra.config import Config  # noqa: E402
+from pipelines.evaluate import SweepResult  # noqa: E402
 from policies.batch import RolloutBatch  # noqa: E402
+
+GRID_COLUMNS = 8
+"""Samples per row in an image grid."""
 
 
 def preference_colours(w: np.ndarray) -> np.ndarray:
@@ -67,5 +71,57 @@ def front_plot(methods: list[tuple[str, np.ndarray, bool]], names: list[str], re
         ax.set_ylabel(f"r: {names[j]}")
     axes[0][0].legend(fontsize=7)
     fig.suptitle(title)
+
+
+def _frame(image: np.ndarray) -> np.ndarray:
+    """A reward-layout image ``[3, H, W]`` (or the middle frame of a video ``[F, 3, H, W]``) as
+    ``[H, W, 3]`` for imshow."""
+    image = image[image.shape[0] // 2] if image.ndim == 4 else image
+    return np.moveaxis(image, 0, -1)
+
+
+def sample_figure(batch: RolloutBatch, cfg: Config, title: str) -> plt.Figure:
+    """Toy2d: the scatter; images: the first samples of each group, one row per group (<= 8 rows)."""
+    if batch.images is None:
+        return sample_scatter(batch, cfg, title)
+    images = batch.reward_samples()
+    groups = batch.group_index.numpy()
+    rows = [np.flatnonzero(groups == g)[:GRID_COLUMNS] for g in range(min(len(batch.groups), 8))]
+    fig, axes = plt.subplots(len(rows), GRID_COLUMNS, figsize=(GRID_COLUMNS * 1.1, len(rows) * 1.3), squeeze=False)
+    for r, idx in enumerate(rows):
+        g = batch.groups[r]
+        for c, ax in enumerate(axes[r]):
+            ax.axis("off")
+            if c < len(idx):
+                ax.imshow(_frame(images[idx[c]]))
+        w = ", ".join(f"{x:.2f}" for x in g.preference)
+        axes[r][0].set_title(f"{g.prompt[:40]}  w=({w})", fontsize=6, loc="left")
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def sweep_grid(result: SweepResult, rows: int = 4) -> plt.Figure:
+    """The same prompt (and source) at every swept ``w``: one row per evaluation prompt, one column
+    per preference, the source image first when there is one, the base model last."""
+    per_prompt = len(result.samples[0]) // len(set(result.prompts))
+    picks = list(range(0, len(result.samples[0]), per_prompt))[:rows]
+    lead = result.source_images is not None
+    cols = lead + len(result.preferences) + 1
+    fig, axes = plt.subplots(len(picks), cols, figsize=(cols * 1.2, len(picks) * 1.35), squeeze=False)
+    for r, i in enumerate(picks):
+        row = axes[r]
+        if lead:
+            row[0].imshow(_frame(result.source_images[i]))
+            row[0].set_title("source", fontsize=6)
+        for c, (w, samples) in enumerate(zip(result.preferences, result.samples)):
+            row[lead + c].imshow(_frame(samples[i]))
+            row[lead + c].set_title(f"w1={w[0]:.2f}", fontsize=6)
+        row[-1].imshow(_frame(result.base_samples[i]))
+        row[-1].set_title("base", fontsize=6)
+        for ax in row:
+            ax.axis("off")
+        row[0].text(0, -0.35, result.prompts[i], transform=row[0].transAxes, fontsize=6)
+    fig.suptitle(f"sweep across the slider (w1 = weight of {result.objective_names[0]})", fontsize=8)
     fig.tight_layout()
     return fig

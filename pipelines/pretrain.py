@@ -15,7 +15,12 @@ from policies.toy2d import flow_matching_loss, ring_mixture
 
 
 def pretrain_base(cfg: Config, out: str | Path | None = None, progress: bool = True) -> Path:
-    """Pre-train the toy2d base on the ring mixture and save it to ``pretrain.checkpoint``."""
+    """Pre-train the base (toy2d: the ring mixture; diffusers kinds: the shapes world) and save it
+    to ``pretrain.checkpoint``."""
+    if cfg.model.kind != "toy2d":
+        from pipelines.pretrain_shapes import pretrain_shapes
+
+        return pretrain_shapes(cfg, out, progress)
     pc = cfg.pretrain
     path = Path(out or pc.checkpoint)
     gen = torch.Generator().manual_seed(pc.seed)
@@ -41,7 +46,13 @@ def pretrain_base(cfg: Config, out: str | Path | None = None, progress: bool = T
     return path
 
 
-def ensure_base(cfg: Config, progress: bool = True) -> Path:
-    """The base checkpoint, pre-trained on the fly if it does not exist yet."""
+def ensure_base(cfg: Config, progress: bool = True) -> Path | str:
+    """The base checkpoint, pre-trained on the fly if it does not exist yet.
+
+    Diffusers kinds with ``model.diffusers.pretrained`` set use it as it is (directory or hub id).
+    """
+    if cfg.model.kind != "toy2d" and cfg.model.diffusers.pretrained:
+        return cfg.model.diffusers.pretrained
     path = Path(cfg.pretrain.checkpoint)
-    return path if path.is_file() else pretrain_base(cfg, path, progress)
+    exists = (path / "model_index.json").is_file() if cfg.model.kind != "toy2d" else path.is_file()
+    return path if exists else pretrain_base(cfg, path, progress)

@@ -39,7 +39,7 @@ from infra.ray_init import start_ray
 from infra.tracking import Tracker
 from pipelines.evaluate import SweepResult, evaluate_sweep
 from pipelines.pretrain import ensure_base
-from pipelines.plots import sample_scatter
+from pipelines.plots import sample_figure, sweep_grid
 from policies.batch import RolloutBatch, concat_batches
 from policies.policy import build_policy
 from policies.preferences import plan_groups, simplex_grid, step_seed
@@ -152,7 +152,8 @@ class Trainer:
         consumed = torch.tensor(self.state.consumed, dtype=torch.long).reshape(-1, 3)
         save_checkpoint(self.run_dir, self.state.step, {
             "loop": {"step": self.state.step, "version": self.state.version, "consumed": consumed,
-                     "mlflow_run_id": self.state.mlflow_run_id or "", "learner_tag": tag},
+                     "mlflow_run_id": self.state.mlflow_run_id or "", "learner_tag": tag,
+                     "base": self.base_checkpoint},
             "weights": self.learner.export_state(),
         })
         prune_learner_checkpoints(self.run_dir)
@@ -188,8 +189,8 @@ class Trainer:
 
     def score(self, batch: RolloutBatch) -> torch.Tensor:
         t0 = time.perf_counter()
-        pending = self.rewards.submit(RewardInputs(samples=batch.samples_numpy().astype(np.float32),
-                                                   prompts=batch.prompts))
+        pending = self.rewards.submit(RewardInputs(samples=batch.reward_samples(), prompts=batch.prompts,
+                                                   source_images=batch.source_images()))
         scores = pending.result()
         self.clock.add("reward", time.perf_counter() - t0)
         self.reward_latency_s = pending.latency_s
@@ -205,7 +206,7 @@ class Trainer:
         seed = step_seed(self.cfg.loop.seed, step)
         shard = TrainShard(batch.samples, batch.preferences, adv, lam,
                            sample_seeds=seed + torch.arange(len(batch)), seed=seed,
-                           trajectory=batch.trajectory)
+                           trajectory=batch.trajectory, conditions=batch.conditions, cond_index=batch.group_index)
         t0 = time.perf_counter()
         if self.cfg.cluster.colocate:
             ray.get([a.offload.remote() for a in self.actors])  # free the shared GPUs for the learner
@@ -269,7 +270,7 @@ class Trainer:
                 if st.step % cfg.loop.log_every == 0:
                     self.tracker.log_metrics(metrics, st.step)
                 if not cfg.simulate.enabled and (st.step % cfg.loop.scatter_every == 0 or st.step == total):
-                    self.tracker.log_figure(sample_scatter(batch, cfg, f"step {st.step}"),
+                    self.tracker.log_figure(sample_figure(batch, cfg, f"step {st.step}"),
                                             f"scatter/step_{st.step:06d}.png")
                 if st.step % cfg.loop.checkpoint_every == 0 or st.step == total:
                     self.save()
@@ -296,6 +297,8 @@ class Trainer:
         policy.load_trainable_state(self.learner.export_state()["ema"])
         result = evaluate_sweep(policy, self.cfg, lambda inputs: self.rewards.submit(inputs).result())
         log_sweep(self.tracker, result, self.state.step)
+        if result.has_images:
+            self.tracker.log_figure(sweep_grid(result), "eval/sweep_grid.png")
         print_sweep(result)
         return result
 

@@ -2,12 +2,47 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
 
 from policies.samplers import SdeTrajectory
+
+@dataclass
+class Condition:
+    """What a backbone computed from prompts (and source images), one row per prompt.
+
+    Fields a backbone does not use stay None; toy2d has no condition at all.
+    """
+
+    text: torch.Tensor | None = None
+    """``[N, L, D]`` prompt token embeddings."""
+    pooled: torch.Tensor | None = None
+    """``[N, P]`` pooled prompt embedding."""
+    text_mask: torch.Tensor | None = None
+    """``[N, L]`` attention mask of ``text`` (1 = token)."""
+    source: torch.Tensor | None = None
+    """``[N, C, h, w]`` latents of the source image (editing)."""
+
+    def _map(self, fn) -> Condition:
+        return Condition(**{f.name: None if getattr(self, f.name) is None else fn(getattr(self, f.name))
+                            for f in fields(self)})
+
+    def rows(self, index: torch.Tensor) -> Condition:
+        """The rows ``index`` (e.g. one per sample from one per group)."""
+        return self._map(lambda v: v[index.to(v.device)])
+
+    def to(self, device: torch.device | str) -> Condition:
+        return self._map(lambda v: v.to(device))
+
+    @staticmethod
+    def concat(parts: list[Condition | None]) -> Condition | None:
+        if not parts or any(p is None for p in parts):
+            return None
+        return Condition(**{f.name: None if getattr(parts[0], f.name) is None
+                            else torch.cat([getattr(p, f.name) for p in parts]) for f in fields(Condition)})
+
 
 GroupId = tuple[int, int, int]
 """``(epoch, prompt_idx, slot)``: deterministic identity of one (prompt, w) group."""
@@ -25,7 +60,9 @@ class GroupSpec:
     preference: tuple[float, ...]
     """``w`` on the simplex, one weight per objective."""
     prompt: str = ""
-    """Text prompt (empty for the unconditional toy2d world)."""
+    """Text prompt (empty for the unconditional toy2d world); the instruction for editing."""
+    source_image: np.ndarray | None = field(default=None, compare=False, repr=False)
+    """``[H, W, 3]`` float32 in [0, 1]: the image to edit (editing tasks only)."""
 
     @property
     def gid(self) -> GroupId:
@@ -54,6 +91,11 @@ class RolloutBatch:
     """``[B, M]`` raw scores per objective."""
     sample_seconds: float = 0.0
     meta: dict = field(default_factory=dict)
+    conditions: Condition | None = None
+    """One row per group: what the backbone encoded from its prompt (and source image)."""
+    images: torch.Tensor | None = None
+    """``[B, H, W, 3]`` (video: ``[B, F, H, W, 3]``) uint8: the decoded samples; None for toy2d,
+    whose rewards score the samples themselves."""
 
     def __len__(self) -> int:
         return self.samples.shape[0]
@@ -62,8 +104,27 @@ class RolloutBatch:
     def prompts(self) -> list[str]:
         return [self.groups[int(g)].prompt for g in self.group_index]
 
+    def reward_samples(self) -> np.ndarray:
+        """What the rewards score: images as float32 in [0, 1] channels first ``[B, 3, H, W]``
+        (videos ``[B, F, 3, H, W]``, the reward servers' layout), else the samples."""
+        if self.images is not None:
+            return channels_first(self.images.numpy().astype(np.float32) / 255.0)
+        return self.samples_numpy().astype(np.float32)
+
+    def source_images(self) -> np.ndarray | None:
+        """``[B, 3, H, W]`` float32 source image of each sample's group (None without editing)."""
+        if any(g.source_image is None for g in self.groups):
+            return None
+        stacked = np.stack([self.groups[int(g)].source_image for g in self.group_index]).astype(np.float32)
+        return channels_first(stacked)
+
     def samples_numpy(self) -> np.ndarray:
         return self.samples.detach().cpu().numpy()
+
+
+def channels_first(images: np.ndarray) -> np.ndarray:
+    """``[..., H, W, 3]`` (how images are rendered and decoded) -> ``[..., 3, H, W]``."""
+    return np.ascontiguousarray(np.moveaxis(images, -1, -3))
 
 
 def concat_batches(batches: list[RolloutBatch]) -> RolloutBatch:
@@ -82,6 +143,9 @@ def concat_batches(batches: list[RolloutBatch]) -> RolloutBatch:
     rewards = None
     if all(b.rewards is not None for b in batches):
         rewards = torch.cat([b.rewards for b in batches])
+    images = None
+    if all(b.images is not None for b in batches):
+        images = torch.cat([b.images for b in batches])
     return RolloutBatch(
         samples=torch.cat([b.samples for b in batches]),
         preferences=torch.cat([b.preferences for b in batches]),
@@ -91,4 +155,6 @@ def concat_batches(batches: list[RolloutBatch]) -> RolloutBatch:
         trajectory=traj,
         rewards=rewards,
         sample_seconds=sum(b.sample_seconds for b in batches),
+        conditions=Condition.concat([b.conditions for b in batches]),
+        images=images,
     )

@@ -2,13 +2,15 @@
 
 The policy owns three views of one network:
 
-- ``velocity(x, t, w)``: the current weights (LoRA + preference modules trainable);
-- ``reference_velocity(x, t)``: the base model — adapters off and no ``w`` — the KL reference;
+- ``velocity(x, t, w, cond)``: the current weights (LoRA + preference modules trainable);
+- ``reference_velocity(x, t, cond)``: the base model — adapters off and no ``w`` — the KL reference;
 - ``swapped(state)``: temporarily runs with other trainable weights (the old/sampling policy or the
   EMA), so no second copy of the backbone is ever held.
 
 Only the trainable tensors move between roles (rollout actors, checkpoints): see
-:meth:`Policy.trainable_state`.
+:meth:`Policy.trainable_state`. The backbone (toy2d, or a diffusers one from
+``policies.diffusers_backbones``) also encodes conditions and decodes samples; the policy forwards
+those calls.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from torch import nn
 
 from infra.checkpoint import atomic_write_bytes
 from infra.config import ModelConfig
+from policies.batch import Condition
 from policies.toy2d import Toy2dVelocity
 
 PREF_PREFIX = "pref."
@@ -32,11 +35,12 @@ PREF_PREFIX = "pref."
 
 
 def build_backbone(model_cfg: ModelConfig, num_objectives: int) -> nn.Module:
-    """A freshly initialised backbone for ``model_cfg.kind``."""
+    """A freshly initialised toy2d backbone (diffusers backbones load with :func:`load_base`)."""
     if model_cfg.kind == "toy2d":
         return Toy2dVelocity(num_objectives, model_cfg.hidden_dim, model_cfg.num_blocks,
                              model_cfg.time_embed_dim, model_cfg.pref_hidden_dim)
-    raise ValueError(f"model.kind must be one of ['toy2d'], got {model_cfg.kind!r}")
+    raise ValueError(f"build_backbone makes toy2d only; model.kind={model_cfg.kind!r} loads a "
+                     "diffusers checkpoint with load_base")
 
 
 def _architecture(model_cfg: ModelConfig) -> dict:
@@ -51,8 +55,16 @@ def save_base(model: nn.Module, model_cfg: ModelConfig, path: str | Path) -> Non
     atomic_write_bytes(Path(path), buf.getvalue())
 
 
-def load_base(model_cfg: ModelConfig, num_objectives: int, path: str | Path) -> nn.Module:
-    """Build the backbone and load base weights; fails clearly if the architecture differs."""
+def load_base(model_cfg: ModelConfig, num_objectives: int, path: str | Path, encoders: bool = True) -> nn.Module:
+    """Build the backbone and load base weights; fails clearly if the architecture differs.
+
+    Diffusers kinds load a pipeline directory or hub id; ``encoders=False`` skips the text
+    encoders and the VAE (the learner trains on conditions encoded by the rollout actors).
+    """
+    if model_cfg.kind != "toy2d":
+        from policies.diffusers_backbones import load_diffusers_backbone
+
+        return load_diffusers_backbone(model_cfg, num_objectives, path, encoders)
     blob = torch.load(Path(path), map_location="cpu", weights_only=True)
     saved, wanted = blob["architecture"], _architecture(model_cfg)
     if saved != wanted:
@@ -76,7 +88,7 @@ class Policy(nn.Module):
         self.sample_shape: tuple[int, ...] = tuple(backbone.sample_shape)
         if self.lora:
             lora_cfg = peft.LoraConfig(r=model_cfg.lora_rank, lora_alpha=model_cfg.lora_alpha,
-                                       target_modules=list(model_cfg.lora_targets))
+                                       target_modules=backbone.lora_target_modules(model_cfg.lora_targets))
             self.net = peft.get_peft_model(backbone, lora_cfg)
             self.reference = None
         else:
@@ -86,18 +98,32 @@ class Policy(nn.Module):
             if PREF_PREFIX in name:
                 p.requires_grad_(True)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
-        return self.net(x, t, w)
+    def forward(self, x: torch.Tensor, t: torch.Tensor, w: torch.Tensor | None,
+                cond: Condition | None = None) -> torch.Tensor:
+        return self.net(x, t, w, cond)
 
-    def velocity(self, x: torch.Tensor, t: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
-        return self.net(x, t, w)
+    def velocity(self, x: torch.Tensor, t: torch.Tensor, w: torch.Tensor | None,
+                 cond: Condition | None = None) -> torch.Tensor:
+        return self.net(x, t, w, cond)
 
-    def reference_velocity(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def reference_velocity(self, x: torch.Tensor, t: torch.Tensor, cond: Condition | None = None) -> torch.Tensor:
         """The base model: adapter disabled (or the frozen copy) and ``w`` absent."""
         if self.reference is not None:
-            return self.reference(x, t, None)
+            return self.reference(x, t, None, cond)
         with self.net.disable_adapter():
-            return self.net(x, t, None)
+            return self.net(x, t, None, cond)
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.net.get_base_model() if self.lora else self.net
+
+    def encode_condition(self, prompts: list[str], source_images=None) -> Condition | None:
+        """One condition row per prompt (None for toy2d)."""
+        return self.backbone.encode_condition(prompts, source_images)
+
+    def decode(self, samples: torch.Tensor) -> torch.Tensor | None:
+        """Samples -> images ``[B, H, W, 3]`` (video ``[B, F, H, W, 3]``) in [0, 1]; None for toy2d."""
+        return self.backbone.decode(samples)
 
     def trainable_named(self) -> Iterator[tuple[str, nn.Parameter]]:
         return ((n, p) for n, p in self.net.named_parameters() if p.requires_grad)
@@ -135,8 +161,16 @@ class Policy(nn.Module):
         return [g for g in groups if g["params"]]
 
 
-def build_policy(model_cfg: ModelConfig, num_objectives: int, base_checkpoint: str | Path) -> Policy:
-    """The policy the rollout actors and the learner both build (identical initial weights)."""
+def build_policy(model_cfg: ModelConfig, num_objectives: int, base_checkpoint: str | Path,
+                 encoders: bool = True) -> Policy:
+    """The policy the rollout actors and the learner both build (identical initial weights).
+
+    ``encoders=False`` (the learner) leaves out text encoders and VAE of diffusers backbones.
+    """
     with torch.random.fork_rng():
         torch.manual_seed(0)  # preference-module and LoRA init must match on every actor and rank
-        return Policy(load_base(model_cfg, num_objectives, base_checkpoint), model_cfg)
+        backbone = load_base(model_cfg, num_objectives, base_checkpoint, encoders)
+        # Loading a pretrained pipeline may draw random numbers (how many can differ between the
+        # first and later loads in a process): re-seed so the LoRA init does not depend on it.
+        torch.manual_seed(1)
+        return Policy(backbone, model_cfg)

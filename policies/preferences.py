@@ -14,6 +14,7 @@ import numpy as np
 
 from infra.config import Config
 from policies.batch import GroupSpec
+from policies.prompts import prompt_set
 
 
 @dataclass(frozen=True)
@@ -76,15 +77,28 @@ def simplex_grid(num_objectives: int, points_per_edge: int) -> np.ndarray:
     return grid[order]
 
 
+def step_prompts(cfg: Config, step: int, count: int) -> list[int]:
+    """The P distinct prompt indices of ``step`` (a seeded draw; toy2d: ``0..P-1``)."""
+    p = cfg.rollout.prompts_per_step
+    if cfg.data.kind == "none":
+        return list(range(p))
+    if p > count:
+        raise ValueError(f"rollout.prompts_per_step ({p}) exceeds the {count} prompts of data.kind='{cfg.data.kind}'")
+    rng = np.random.default_rng([cfg.loop.seed, step, 0x9A7A])
+    return sorted(int(i) for i in rng.choice(count, size=p, replace=False))
+
+
 def plan_groups(cfg: Config, step: int) -> list[GroupSpec]:
     """The groups of ``step``: P prompts x K preference slots, all derived from ids and the seed.
 
-    The toy2d world is unconditional: one epoch is one step and the prompt index is a slot number.
+    One epoch is one step; the prompt indices come from ``cfg.data`` (toy2d: slot numbers).
     """
     pc = cfg.preferences
     mix = PreferenceMix(pc.corner_prob, pc.vertex_prob, pc.edge_prob, pc.dirichlet_alpha)
+    prompts = prompt_set(cfg)
     groups = []
-    for p in range(cfg.rollout.prompts_per_step):
+    for p in step_prompts(cfg, step, len(prompts)):
+        record = prompts[p]
         for k in range(pc.slots_per_prompt):
             seed = group_seed(cfg.loop.seed, step, p, k)
             if cfg.algorithm.fixed_preference is not None:
@@ -92,5 +106,6 @@ def plan_groups(cfg: Config, step: int) -> list[GroupSpec]:
             else:
                 w = preference_for_group(cfg.num_objectives, mix, seed)
             groups.append(GroupSpec(epoch=step, prompt_idx=p, slot=k, seed=seed,
-                                    preference=tuple(float(x) for x in w)))
+                                    preference=tuple(float(x) for x in w), prompt=record.prompt,
+                                    source_image=record.source_image))
     return groups

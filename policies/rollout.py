@@ -7,7 +7,10 @@ import time
 import torch
 
 from infra.config import SamplerConfig
-from policies.batch import GroupSpec, RolloutBatch
+import numpy as np
+
+from policies.batch import Condition, GroupSpec, RolloutBatch
+from policies.policy import Policy
 from policies.samplers import SdeTrajectory, VelocityFn, ode_sample, sde_sample
 
 
@@ -35,7 +38,7 @@ def sample_groups(velocity: VelocityFn, groups: list[GroupSpec], group_size: int
     index = torch.arange(len(groups)).repeat_interleave(group_size)
     trajectory = None
     if sampler.kind == "ode":
-        samples = ode_sample(velocity, noise, w, sampler.num_steps)
+        samples = ode_sample(velocity, noise, w, sampler.num_steps, sampler.shift)
     else:
         gens = [torch.Generator().manual_seed(g.seed + 1) for g in groups]
 
@@ -43,9 +46,56 @@ def sample_groups(velocity: VelocityFn, groups: list[GroupSpec], group_size: int
             eps = [torch.randn((group_size, *sample_shape), generator=gen) for gen in gens]
             return torch.cat(eps).to(device)
 
-        trajectory = sde_sample(velocity, noise, w, sampler.num_steps, sampler.noise_level, step_noise)
+        trajectory = sde_sample(velocity, noise, w, sampler.num_steps, sampler.noise_level, step_noise,
+                                sampler.shift)
         trajectory = SdeTrajectory(trajectory.latents.cpu(), trajectory.log_probs.cpu(), trajectory.times.cpu())
         samples = trajectory.latents[:, -1]
     return RolloutBatch(samples=samples.cpu(), preferences=w.cpu(), group_index=index, groups=list(groups),
                         policy_version=policy_version, trajectory=trajectory,
                         sample_seconds=time.perf_counter() - start)
+
+
+def conditioned_velocity(policy: Policy, cond: Condition | None, uncond: Condition | None,
+                         guidance_scale: float, reference: bool = False) -> VelocityFn:
+    """``v(x, t, w)`` for one condition row per sample; classifier-free guidance when ``uncond`` is set:
+    ``v_u + s (v_c - v_u)``, both branches with the same ``w``. ``reference``: the base model."""
+
+    def v(x: torch.Tensor, t: torch.Tensor, w: torch.Tensor | None, c: Condition | None) -> torch.Tensor:
+        return policy.reference_velocity(x, t, c) if reference else policy.velocity(x, t, w, c)
+
+    if uncond is None:
+        return lambda x, t, w: v(x, t, w, cond)
+
+    def guided(x: torch.Tensor, t: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+        v_uncond = v(x, t, w, uncond)
+        return v_uncond + guidance_scale * (v(x, t, w, cond) - v_uncond)
+
+    return guided
+
+
+@torch.no_grad()
+def rollout_groups(policy: Policy, groups: list[GroupSpec], group_size: int, sampler: SamplerConfig,
+                   policy_version: int, device: torch.device | str = "cpu", reference: bool = False) -> RolloutBatch:
+    """Encode each group's prompt (and source image), sample, decode: what a rollout actor returns.
+
+    ``batch.conditions`` keeps one encoded row per group (the learner trains on them);
+    ``batch.images`` holds the decoded samples as uint8. ``reference`` samples the base model.
+    """
+    sources = None
+    if any(g.source_image is not None for g in groups):
+        sources = np.stack([g.source_image for g in groups]).astype(np.float32)
+    start = time.perf_counter()
+    cond = policy.encode_condition([g.prompt for g in groups], sources)
+    per_sample = torch.arange(len(groups)).repeat_interleave(group_size)
+    rows = None if cond is None else cond.rows(per_sample)
+    uncond = None
+    if sampler.guidance_scale > 1 and cond is not None:
+        uncond = policy.encode_condition([""] * len(groups), sources).rows(per_sample)
+    velocity = conditioned_velocity(policy, rows, uncond, sampler.guidance_scale, reference)
+    batch = sample_groups(velocity, groups, group_size, tuple(policy.sample_shape), sampler, policy_version, device)
+    images = policy.decode(batch.samples.to(device))
+    if images is not None:
+        batch.images = (images * 255).round().to(torch.uint8).cpu()
+    batch.conditions = None if cond is None else cond.to("cpu")
+    batch.sample_seconds = time.perf_counter() - start
+    return batch

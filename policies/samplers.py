@@ -15,15 +15,18 @@ import torch
 VelocityFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
 
-def time_grid(num_steps: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """``[num_steps + 1]`` times from 1 down to 0."""
-    return torch.linspace(1.0, 0.0, num_steps + 1, dtype=dtype)
+def time_grid(num_steps: int, dtype: torch.dtype = torch.float32, shift: float = 1.0) -> torch.Tensor:
+    """``[num_steps + 1]`` times from 1 down to 0; ``shift > 1`` spends more steps at high noise
+    (SD3's ``t' = s t / (1 + (s - 1) t)``, as diffusers' ``FlowMatchEulerDiscreteScheduler(shift=s)``)."""
+    t = torch.linspace(1.0, 0.0, num_steps + 1, dtype=dtype)
+    return t if shift == 1.0 else shift * t / (1 + (shift - 1) * t)
 
 
 @torch.no_grad()
-def ode_sample(velocity: VelocityFn, noise: torch.Tensor, w: torch.Tensor | None, num_steps: int) -> torch.Tensor:
+def ode_sample(velocity: VelocityFn, noise: torch.Tensor, w: torch.Tensor | None, num_steps: int,
+               shift: float = 1.0) -> torch.Tensor:
     """Euler integration of ``dx = v dt`` from ``noise`` at t=1 to a sample at t=0."""
-    ts = time_grid(num_steps, noise.dtype).to(noise.device)
+    ts = time_grid(num_steps, noise.dtype, shift).to(noise.device)
     x = noise
     for i in range(num_steps):
         t = ts[i].expand(x.shape[0])
@@ -73,13 +76,14 @@ class SdeTrajectory:
 
 @torch.no_grad()
 def sde_sample(velocity: VelocityFn, noise: torch.Tensor, w: torch.Tensor | None, num_steps: int,
-               noise_level: float, step_noise: Callable[[], torch.Tensor] | None = None) -> SdeTrajectory:
+               noise_level: float, step_noise: Callable[[], torch.Tensor] | None = None,
+               shift: float = 1.0) -> SdeTrajectory:
     """Sample with the Flow-GRPO SDE, recording every state and transition log-prob.
 
     ``step_noise()`` returns the standard-normal noise of one step (shape of ``noise``); the default
     draws from torch's global generator. Rollouts pass one drawing per-group generators.
     """
-    ts = time_grid(num_steps, noise.dtype).to(noise.device)
+    ts = time_grid(num_steps, noise.dtype, shift).to(noise.device)
     t_cap = float(ts[1])
     x, latents, log_probs = noise, [noise], []
     for i in range(num_steps):

@@ -59,7 +59,19 @@ class Toy2dVelocity(nn.Module):
         self.out_proj = nn.Linear(hidden_dim, 2)
         self.pref = PreferenceConditioning(num_objectives, hidden_dim, hidden_dim, pref_hidden_dim)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
+    def encode_condition(self, prompts: list[str], source_images=None) -> None:
+        """Unconditional world: prompts carry no information."""
+        return None
+
+    def decode(self, samples: torch.Tensor) -> None:
+        """No pixels: the rewards score the 2-D points themselves."""
+        return None
+
+    def lora_target_modules(self, names: list[str]) -> list[str]:
+        return list(names)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, w: torch.Tensor | None = None,
+                cond: None = None) -> torch.Tensor:
         temb = self.time_mlp(timestep_embedding(t, self.time_embed_dim))
         delta = self.pref.embedding_delta(w)
         if delta is not None:

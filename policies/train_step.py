@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from infra.config import AlgorithmConfig, SamplerConfig
+from policies.batch import Condition
 from policies.objectives import advantage_terms, grpo_loss, nft_loss, orient_rewards
 from policies.policy import Policy
 from policies.samplers import SdeTrajectory, gaussian_log_prob, sde_step_mean_std
@@ -33,6 +34,10 @@ class TrainShard:
     seed: int
     """Step-level seed (same on every rank): picks the SDE steps Flow-GRPO trains on."""
     trajectory: SdeTrajectory | None = None
+    conditions: Condition | None = None
+    """One row per group (what the rollout actors encoded); shared by every slice of the shard."""
+    cond_index: torch.Tensor | None = None
+    """``[N]`` long: each sample's row in ``conditions``."""
 
     def __len__(self) -> int:
         return self.samples.shape[0]
@@ -42,14 +47,22 @@ class TrainShard:
         if traj is not None:
             traj = SdeTrajectory(traj.latents[a:b], traj.log_probs[a:b], traj.times)
         return TrainShard(self.samples[a:b], self.preferences[a:b], self.advantages[a:b],
-                          self.weights[a:b], self.sample_seeds[a:b], self.seed, traj)
+                          self.weights[a:b], self.sample_seeds[a:b], self.seed, traj, self.conditions,
+                          None if self.cond_index is None else self.cond_index[a:b])
 
     def to(self, device: torch.device | str) -> TrainShard:
         traj = self.trajectory
         if traj is not None:
             traj = SdeTrajectory(traj.latents.to(device), traj.log_probs.to(device), traj.times)
+        cond = None if self.conditions is None else self.conditions.to(device)
         return TrainShard(self.samples.to(device), self.preferences.to(device), self.advantages.to(device),
-                          self.weights.to(device), self.sample_seeds, self.seed, traj)
+                          self.weights.to(device), self.sample_seeds, self.seed, traj, cond, self.cond_index)
+
+    def sample_conditions(self, reps: int = 1) -> Condition | None:
+        """Each sample's condition row, every row repeated ``reps`` times (None for toy2d)."""
+        if self.conditions is None:
+            return None
+        return self.conditions.rows(self.cond_index.repeat_interleave(reps))
 
     def split(self, count: int) -> list[TrainShard]:
         """``count`` contiguous, near-equal slices (some may be empty)."""
@@ -84,11 +97,12 @@ def nft_micro_loss(policy: Policy, old_state: dict[str, torch.Tensor], shard: Tr
     t, eps = t.to(x0.device), eps.to(x0.device)
     t_ = t.view((-1,) + (1,) * (x0.dim() - 1))
     xt = (1 - t_) * x0 + t_ * eps
+    cond = shard.sample_conditions(reps)
     with torch.no_grad():
         with policy.swapped(old_state):
-            v_old = policy.velocity(xt, t, w)
-        v_ref = policy.reference_velocity(xt, t) if algo.kl_coef > 0 else None
-    v_theta = policy.velocity(xt, t, w)
+            v_old = policy.velocity(xt, t, w, cond)
+        v_ref = policy.reference_velocity(xt, t, cond) if algo.kl_coef > 0 else None
+    v_theta = policy.velocity(xt, t, w, cond)
     return nft_loss(x0, xt, t, v_theta, v_old, v_ref,
                     shard.advantages.repeat_interleave(reps, 0), shard.weights.repeat_interleave(reps, 0),
                     algo.nft_beta, algo.adv_clip, algo.loss_scale, algo.kl_coef)
@@ -105,17 +119,18 @@ def grpo_micro_loss(policy: Policy, shard: TrainShard, algo: AlgorithmConfig,
     steps = torch.randperm(num_steps, generator=gen)[: algo.train_timesteps].sort().values
     adv = (shard.weights * shard.advantages.clamp(-algo.adv_clip, algo.adv_clip)).sum(dim=1)
     t_cap = float(traj.times[1])
+    cond = shard.sample_conditions()
     total, metrics = 0.0, {}
     for i in steps.tolist():
         x, x_next = traj.latents[:, i], traj.latents[:, i + 1]
         t = traj.times[i].to(x.device).expand(x.shape[0])
         dt = (traj.times[i + 1] - traj.times[i]).to(x.device).expand(x.shape[0])
-        mean, std = sde_step_mean_std(x, policy.velocity(x, t, shard.preferences), t, dt,
+        mean, std = sde_step_mean_std(x, policy.velocity(x, t, shard.preferences, cond), t, dt,
                                       sampler.noise_level, t_cap)
         ref_mean = None
         if algo.kl_coef > 0:
             with torch.no_grad():
-                ref_mean, _ = sde_step_mean_std(x, policy.reference_velocity(x, t), t, dt,
+                ref_mean, _ = sde_step_mean_std(x, policy.reference_velocity(x, t, cond), t, dt,
                                                 sampler.noise_level, t_cap)
         loss, m = grpo_loss(gaussian_log_prob(x_next, mean, std), traj.log_probs[:, i], adv,
                             algo.grpo_clip, mean, ref_mean, std, algo.kl_coef)

@@ -8,6 +8,7 @@
   distance; ``ocr``: text rendering (RapidOCR).
 - ``codecs``: the image layout (``[B, 3, H, W]`` in [0, 1]) and PNG / ``.npz`` bytes for HTTP.
 - ``tiny_models``: tiny Qwen2-VL and CLIP built from configs (tests, benchmark, CPU runs).
+- ``shapes``: the shapes world: prompt adherence (analytic), shape area, SSIM and a feature distance to the source.
 - ``serve_app``: one ``RewardDeployment`` per objective behind a ``RewardRouter`` (imports Ray Serve).
 - ``client``: ``RewardClient``, what the training driver calls (Serve or in-process).
 

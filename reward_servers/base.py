@@ -22,8 +22,8 @@ class RewardInputs:
     """One batch to score: ``B`` samples plus the prompts / source images some rewards need."""
 
     samples: np.ndarray
-    """``[B, ...]`` float32: 2-D points for toy2d; images are ``[B, 3, H, W]`` (channels first) in [0, 1]
-    (``reward_servers.codecs``)."""
+    """``[B, ...]`` float32: 2-D points for toy2d; images ``[B, 3, H, W]`` (channels first) in [0, 1]
+    (``reward_servers.codecs``); videos ``[B, F, 3, H, W]`` in [0, 1]."""
     prompts: list[str] | None = None
     """``B`` text prompts (instruction for editing tasks)."""
     source_images: np.ndarray | None = None

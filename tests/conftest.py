@@ -90,3 +90,31 @@ def tiny_cfg(tmp_path, base, **loop) -> Config:
 
 def all_group_ids(cfg: Config, steps: int) -> list[tuple[int, int, int]]:
     return [g.gid for s in range(steps) for g in plan_groups(cfg, s)]
+
+
+TINY_DIFFUSERS = {"num_layers": 2, "num_single_layers": 1, "vae_channels": [16, 32], "num_heads": 2}
+"""A tiny diffusers architecture for plumbing tests (32 px images, 16 x 16 x 4 latents)."""
+
+
+def diffusers_model(kind: str, **diffusers) -> dict:
+    """``model`` config of a tiny diffusers backbone of ``kind`` (LoRA rank 4)."""
+    return {"kind": kind, "lora_rank": 4, "lora_alpha": 8, "pref_hidden_dim": 16, "tiny": TINY_DIFFUSERS,
+            "diffusers": {"height": 32, "width": 32, **diffusers}}
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory):
+    """``tiny_pipeline(kind)``: a saved tiny diffusers pipeline directory (random weights), built once."""
+    from infra.config import TinyModelConfig
+    from policies.shapes import WORDS
+    from policies.tiny_models import save_tiny
+
+    built = {}
+
+    def get(kind: str):
+        if kind not in built:
+            built[kind] = save_tiny(kind, TinyModelConfig(**TINY_DIFFUSERS), WORDS,
+                                    tmp_path_factory.mktemp(kind) / "base")
+        return built[kind]
+
+    return get

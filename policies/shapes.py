@@ -1,0 +1,162 @@
+"""The shapes world: procedural images of one coloured shape on a plain background, with captions.
+
+Text-to-image: ``"a red circle on a gray background"`` -> the rendered scene (random position and
+size). Editing: a source scene + ``"make the circle blue"`` -> the same scene with the shape recoloured.
+:func:`read_scene` is the analytic classifier used both as the adherence reward and to measure how
+well a pre-trained base follows captions: the background is the median border colour, the shape
+is every pixel far from it, its colour is the nearest palette entry to the shape's mean colour and
+its kind comes from how much of its bounding box it fills (square 1, circle pi/4, triangle 1/2).
+Images are float32 ``[H, W, 3]`` in [0, 1].
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+SHAPE_COLOURS = {
+    "red": (0.9, 0.1, 0.1), "green": (0.1, 0.8, 0.2), "blue": (0.15, 0.25, 0.95),
+    "yellow": (0.95, 0.9, 0.1), "magenta": (0.9, 0.15, 0.85), "cyan": (0.1, 0.85, 0.9),
+}
+BACKGROUNDS = {"black": (0.05, 0.05, 0.05), "gray": (0.5, 0.5, 0.5), "white": (0.97, 0.97, 0.97)}
+SHAPES = ("circle", "square", "triangle")
+FILL_RATIO = {"square": 1.0, "circle": math.pi / 4, "triangle": 0.5}
+"""Share of its bounding box a shape covers; what :func:`read_scene` reads the kind from."""
+WORDS = [*SHAPE_COLOURS, *BACKGROUNDS, *SHAPES]
+
+
+@dataclass(frozen=True)
+class Scene:
+    shape: str
+    colour: str
+    background: str
+    cx: float
+    """Centre and half-size in pixels."""
+    cy: float
+    half: float
+
+    def caption(self) -> str:
+        return f"a {self.colour} {self.shape} on a {self.background} background"
+
+    def recoloured(self, colour: str) -> Scene:
+        return Scene(self.shape, colour, self.background, self.cx, self.cy, self.half)
+
+
+def random_scene(rng: np.random.Generator, size: int, shape: str | None = None, colour: str | None = None,
+                 background: str | None = None) -> Scene:
+    half = rng.uniform(0.18, 0.3) * size
+    cx, cy = rng.uniform(half + 1, size - half - 1, size=2)
+    return Scene(shape or SHAPES[rng.integers(len(SHAPES))],
+                 colour or list(SHAPE_COLOURS)[rng.integers(len(SHAPE_COLOURS))],
+                 background or list(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))], float(cx), float(cy), float(half))
+
+
+def shape_mask(scene: Scene, size: int) -> np.ndarray:
+    """``[size, size]`` bool mask of the shape (pixel centres inside it)."""
+    y, x = np.mgrid[0:size, 0:size] + 0.5
+    dx, dy = x - scene.cx, y - scene.cy
+    h = scene.half
+    if scene.shape == "circle":
+        return dx**2 + dy**2 <= h**2
+    if scene.shape == "square":
+        return (np.abs(dx) <= h) & (np.abs(dy) <= h)
+    # Upward isosceles triangle in the box [-h, h]^2: half-width shrinks linearly to the apex.
+    return (dy <= h) & (dy >= -h) & (np.abs(dx) <= (dy + h) / 2)
+
+
+def render(scene: Scene, size: int) -> np.ndarray:
+    img = np.empty((size, size, 3), dtype=np.float32)
+    img[:] = BACKGROUNDS[scene.background]
+    img[shape_mask(scene, size)] = SHAPE_COLOURS[scene.colour]
+    return img
+
+
+def caption_grid() -> list[str]:
+    """Every caption of the world (54), in a fixed order: the text-to-image prompt set."""
+    return [f"a {c} {s} on a {b} background" for s in SHAPES for c in SHAPE_COLOURS for b in BACKGROUNDS]
+
+
+def parse_prompt(prompt: str) -> dict[str, str]:
+    """The attributes a caption or an edit instruction asks for: ``shape``, ``colour``, ``background``."""
+    words = re.findall(r"[a-z]+", prompt.lower())
+    out = {}
+    for i, w in enumerate(words):
+        if w in SHAPES:
+            out["shape"] = w
+        elif w in BACKGROUNDS and i + 1 < len(words) and words[i + 1] == "background":
+            out["background"] = w
+        elif w in SHAPE_COLOURS:
+            out["colour"] = w
+    return out
+
+
+def edit_instruction(scene: Scene, colour: str) -> str:
+    return f"make the {scene.shape} {colour}"
+
+
+def edit_example(rng: np.random.Generator, size: int) -> tuple[str, np.ndarray, np.ndarray]:
+    """``(instruction, source, target)``: recolour the shape of a random scene to another colour."""
+    scene = random_scene(rng, size)
+    others = [c for c in SHAPE_COLOURS if c != scene.colour]
+    colour = others[rng.integers(len(others))]
+    return edit_instruction(scene, colour), render(scene, size), render(scene.recoloured(colour), size)
+
+
+def _nearest(rgb: np.ndarray, palette: dict[str, tuple[float, float, float]]) -> str:
+    names = list(palette)
+    d = ((np.asarray([palette[n] for n in names]) - rgb) ** 2).sum(-1)
+    return names[int(np.argmin(d))]
+
+
+@dataclass
+class SceneReading:
+    """What :func:`read_scene` sees in one image."""
+
+    background_rgb: np.ndarray
+    shape_rgb: np.ndarray | None
+    """Mean colour of the shape pixels (None when no pixel stands out from the background)."""
+    fill: float
+    """Shape pixels / bounding-box pixels (0 without a shape)."""
+    area: float
+    """Shape pixels / image pixels."""
+
+    @property
+    def background(self) -> str:
+        return _nearest(self.background_rgb, BACKGROUNDS)
+
+    @property
+    def colour(self) -> str | None:
+        return None if self.shape_rgb is None else _nearest(self.shape_rgb, SHAPE_COLOURS)
+
+    @property
+    def shape(self) -> str | None:
+        if self.shape_rgb is None:
+            return None
+        return min(FILL_RATIO, key=lambda s: abs(FILL_RATIO[s] - self.fill))
+
+
+def read_scene(image: np.ndarray, threshold: float = 0.3) -> SceneReading:
+    """Background, shape colour and fill ratio of one ``[H, W, 3]`` image in [0, 1]."""
+    border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
+    bg = np.median(border, axis=0)
+    mask = np.linalg.norm(image - bg, axis=-1) > threshold
+    if mask.sum() < 4:
+        return SceneReading(bg, None, 0.0, 0.0)
+    ys, xs = np.nonzero(mask)
+    box = (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
+    return SceneReading(bg, image[mask].mean(0), float(mask.sum() / box), float(mask.mean()))
+
+
+def attribute_accuracy(images: np.ndarray, prompts: list[str]) -> dict[str, float]:
+    """Share of images whose read shape / colour / background matches what the prompt asks for."""
+    hits: dict[str, list[bool]] = {"shape": [], "colour": [], "background": []}
+    for img, prompt in zip(images, prompts):
+        reading = read_scene(img)
+        for key, want in parse_prompt(prompt).items():
+            hits[key].append(getattr(reading, key) == want)
+    out = {k: float(np.mean(v)) for k, v in hits.items() if v}
+    out["all"] = float(np.mean([x for v in hits.values() for x in v]))
+    return out

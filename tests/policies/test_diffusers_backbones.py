@@ -1,0 +1,139 @@
+"""Tiny SD3 and FLUX.1 Kontext backbones: saved, loaded back through diffusers' from_pretrained,
+exactly the base without w, LoRA on the transformer only, sampling, gradient checkpointing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import diffusers_model
+from infra.config import ModelConfig, SamplerConfig
+from policies.batch import GroupSpec
+from policies.policy import build_policy
+from policies.rollout import rollout_groups
+
+KINDS = ["sd3", "flux_kontext"]
+PROMPTS = ["a red circle on a gray background", "make the square blue"]
+
+
+def policy_of(tiny_pipeline, kind: str, encoders: bool = True, **diffusers):
+    cfg = ModelConfig.model_validate(diffusers_model(kind, **diffusers))
+    return build_policy(cfg, 2, tiny_pipeline(kind), encoders=encoders), cfg
+
+
+def sources(kind: str, n: int) -> np.ndarray | None:
+    return np.random.default_rng(0).random((n, 32, 32, 3), dtype=np.float32) if kind == "flux_kontext" else None
+
+
+def plain_base_velocity(kind: str, path, x, t, cond) -> torch.Tensor:
+    """What the unmodified diffusers transformer predicts, called as its pipeline calls it."""
+    import diffusers
+
+    if kind == "sd3":
+        tr = diffusers.SD3Transformer2DModel.from_pretrained(path, subfolder="transformer")
+        return tr(hidden_states=x, timestep=t * 1000, encoder_hidden_states=cond.text,
+                  pooled_projections=cond.pooled).sample
+    pipe = diffusers.FluxKontextPipeline
+    tr = diffusers.FluxTransformer2DModel.from_pretrained(path, subfolder="transformer")
+    b, c, h, w = x.shape
+    ids = pipe._prepare_latent_image_ids(b, h // 2, w // 2, x.device, x.dtype)
+    src_ids = ids.clone()
+    src_ids[..., 0] = 1
+    tokens = torch.cat([pipe._pack_latents(x, b, c, h, w), pipe._pack_latents(cond.source, b, c, h, w)], 1)
+    out = tr(hidden_states=tokens, timestep=t, pooled_projections=cond.pooled, encoder_hidden_states=cond.text,
+             txt_ids=torch.zeros(cond.text.shape[1], 3), img_ids=torch.cat([ids, src_ids])).sample
+    # _unpack_latents takes the size in pixels and the VAE factor: any factor f with pixels = f * latent works.
+    return pipe._unpack_latents(out[:, : (h // 2) * (w // 2)], 8 * h, 8 * w, 8)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_without_w_is_exactly_the_diffusers_base(tiny_pipeline, kind):
+    policy, _ = policy_of(tiny_pipeline, kind)
+    cond = policy.encode_condition(PROMPTS, sources(kind, 2))
+    torch.manual_seed(0)
+    x, t = torch.randn(2, *policy.sample_shape), torch.rand(2)
+    with torch.no_grad():
+        for _, p in policy.trainable_named():  # a trained adapter and trained preference modules
+            p.add_(0.05 * torch.randn_like(p))
+        base = plain_base_velocity(kind, tiny_pipeline(kind), x, t, cond)
+        assert torch.equal(policy.reference_velocity(x, t, cond), base)
+        with policy.net.disable_adapter():
+            assert torch.equal(policy.velocity(x, t, None, cond), base)
+        w = torch.tensor([[0.2, 0.8], [1.0, 0.0]])
+        assert not torch.allclose(policy.velocity(x, t, w, cond), base, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_lora_on_transformer_attention_only_and_learner_build_matches(tiny_pipeline, kind):
+    policy, _ = policy_of(tiny_pipeline, kind)
+    names = [n for n, _ in policy.trainable_named()]
+    assert any(".pref." in n for n in names) and any("lora_A" in n for n in names)
+    assert all(".transformer." in n or ".pref." in n for n in names)
+    assert all(any(p in n for p in ("to_q", "to_k", "to_v", "to_out", "add_", "pref.")) for n in names)
+    learner, _ = policy_of(tiny_pipeline, kind, encoders=False)
+    a, b = policy.trainable_state(), learner.trainable_state()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not any("encoders" in n for n, _ in learner.named_parameters())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_rollout_samples_decode_and_reproduce(tiny_pipeline, kind):
+    policy, _ = policy_of(tiny_pipeline, kind)
+    src = sources(kind, 2)
+    groups = [GroupSpec(0, i, 0, seed=10 + i, preference=(0.5, 0.5), prompt=PROMPTS[i],
+                        source_image=None if src is None else src[i]) for i in range(2)]
+    for sampler in (SamplerConfig(kind="ode", num_steps=3), SamplerConfig(kind="sde", num_steps=3),
+                    SamplerConfig(kind="ode", num_steps=2, guidance_scale=3.0, shift=3.0)):
+        batch = rollout_groups(policy, groups, 3, sampler, policy_version=2)
+        assert batch.samples.shape == (6, *policy.sample_shape)
+        assert batch.images.shape == (6, 32, 32, 3) and batch.images.dtype == torch.uint8
+        assert batch.conditions.text.shape[0] == 2 and batch.reward_samples().max() <= 1.0
+        again = rollout_groups(policy, groups[1:], 3, sampler, policy_version=2)
+        assert torch.allclose(batch.samples[3:], again.samples, atol=1e-5)
+        if sampler.kind == "sde":
+            assert batch.trajectory.log_probs.shape == (6, 3)
+    if src is not None:
+        assert np.array_equal(batch.source_images()[4], src[1])
+        other = [GroupSpec(0, 0, 0, seed=10, preference=(0.5, 0.5), prompt=PROMPTS[0], source_image=src[1])]
+        swapped = rollout_groups(policy, other, 3, SamplerConfig(kind="ode", num_steps=2), 0)
+        first = rollout_groups(policy, groups[:1], 3, SamplerConfig(kind="ode", num_steps=2), 0)
+        assert not torch.allclose(swapped.samples, first.samples)  # the source image conditions the edit
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_pipeline):
+    grads = []
+    for gc in (False, True):
+        policy, _ = policy_of(tiny_pipeline, "sd3", gradient_checkpointing=gc)
+        policy.train()
+        cond = policy.encode_condition(PROMPTS)
+        torch.manual_seed(0)
+        x, t, w = torch.randn(2, *policy.sample_shape), torch.rand(2), torch.tensor([[0.3, 0.7], [0.9, 0.1]])
+        with torch.no_grad():
+            for _, p in policy.trainable_named():
+                p.add_(0.05 * torch.randn_like(p))
+        # The reference call in between clears the hooks' w: the recompute must still see the right one.
+        loss = policy.velocity(x, t, w, cond).square().mean()
+        with torch.no_grad():
+            policy.reference_velocity(x, t, cond)
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in policy.trainable_named()})
+    assert grads[0].keys() == grads[1].keys()
+    assert all(torch.allclose(grads[0][k], grads[1][k], atol=1e-6) for k in grads[0])
+    assert any(grads[0][k].abs().sum() > 0 for k in grads[0] if "pref.slider.gate" in k)
+
+
+def test_trainable_state_roundtrip_through_a_file(tiny_pipeline, tmp_path):
+    policy, cfg = policy_of(tiny_pipeline, "sd3")
+    with torch.no_grad():
+        for _, p in policy.trainable_named():
+            p.add_(0.05 * torch.randn_like(p))
+    torch.save(policy.trainable_state(), tmp_path / "adapter.pt")
+    fresh = build_policy(cfg, 2, tiny_pipeline("sd3"))
+    fresh.load_trainable_state(torch.load(tmp_path / "adapter.pt", weights_only=True))
+    cond = policy.encode_condition(PROMPTS)
+    x, t, w = torch.randn(2, *policy.sample_shape), torch.rand(2), torch.full((2, 2), 0.5)
+    with torch.no_grad():
+        assert torch.equal(policy.velocity(x, t, w, cond), fresh.velocity(x, t, w, cond))
+    size = (tmp_path / "adapter.pt").stat().st_size
+    assert size < 0.5 * sum(p.numel() * 4 for p in policy.backbone.transformer.parameters())
