@@ -94,7 +94,7 @@ def test_rollout_samples_decode_and_reproduce(tiny_pipeline, kind):
         if sampler.kind == "sde":
             assert batch.trajectory.log_probs.shape == (6, 3)
     if src is not None:
-        assert np.array_equal(batch.source_images()[4], src[1])
+        assert np.array_equal(batch.source_images()[4], np.moveaxis(src[1], -1, 0))  # reward layout [3, H, W]
         other = [GroupSpec(0, 0, 0, seed=10, preference=(0.5, 0.5), prompt=PROMPTS[0], source_image=src[1])]
         swapped = rollout_groups(policy, other, 3, SamplerConfig(kind="ode", num_steps=2), 0)
         first = rollout_groups(policy, groups[:1], 3, SamplerConfig(kind="ode", num_steps=2), 0)
