@@ -22,10 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import yaml
 from rich.console import Console
 
 from infra.checkpoint import atomic_write_text, load_latest_checkpoint
-from infra.config import Config, apply_override, dump_config
+from infra.config import Config, apply_override
 from infra.ray_init import start_ray
 from infra.tracking import Tracker
 from pipelines.pareto import (BaseEval, FrontPoints, Score, eval_rewards_client, evaluate_base, evaluate_points,
@@ -85,6 +86,11 @@ def training_runs(cfg: Config, seed: int) -> list[TrainingRun]:
     return runs
 
 
+def training_view(tree: dict) -> dict:
+    """A run's config without the sections that only shape evaluation and comparison."""
+    return {k: v for k, v in tree.items() if k not in ("evaluation", "compare")}
+
+
 def ensure_trained(run: TrainingRun, progress: bool) -> None:
     """Train ``run`` unless its run_dir already holds the finished model (resume a partial one).
 
@@ -93,8 +99,8 @@ def ensure_trained(run: TrainingRun, progress: bool) -> None:
     cfg = run.cfg
     found = load_latest_checkpoint(cfg.run_dir)
     if found is not None:
-        saved = (Path(cfg.run_dir) / "config.yaml").read_text()
-        if saved != dump_config(cfg):
+        saved = yaml.safe_load((Path(cfg.run_dir) / "config.yaml").read_text())
+        if training_view(saved) != training_view(cfg.model_dump(mode="json")):
             raise FileExistsError(f"'{cfg.run_dir}' was trained with another config; delete it or change 'name' "
                              "to compare with the new settings")
         if found[0] >= cfg.loop.steps:
