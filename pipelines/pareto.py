@@ -16,6 +16,7 @@ import numpy as np
 from infra.checkpoint import load_latest_checkpoint
 from infra.config import Config
 from pipelines.evaluate import sample_sweep
+from policies.batch import RolloutBatch, concat_batches
 from policies.fronts import (hypervolume, mean_interval, nearest_distance, non_dominated, reference_point,
                              sample_hypervolume, slider_monotonicity)
 from policies.policy import Policy, build_policy
@@ -65,11 +66,19 @@ def eval_rewards_client(cfg: Config) -> RewardClient:
     return RewardClient(rewards, app_name="eval_rewards")
 
 
-def score_all(score: Score, parts: list[np.ndarray]) -> list[np.ndarray]:
-    """Score several sample sets in one call and split the ``[N, M]`` rewards back."""
-    joined = RewardInputs(samples=np.concatenate(parts).astype(np.float32))
-    r = np.asarray(score(joined), dtype=np.float64)
+def score_all(score: Score, parts: list[RolloutBatch]) -> list[np.ndarray]:
+    """Score several sample sets (with their prompts and sources) in one call and split the
+    ``[N, M]`` rewards back."""
+    joined = concat_batches(parts)
+    r = np.asarray(score(RewardInputs(samples=joined.reward_samples(), prompts=joined.prompts,
+                                      source_images=joined.source_images())), dtype=np.float64)
     return np.split(r, np.cumsum([len(p) for p in parts])[:-1])
+
+
+def flat(batch: RolloutBatch) -> np.ndarray:
+    """``[N, D]`` what the drift distance compares (points, or images flattened)."""
+    x = batch.reward_samples()
+    return x.reshape(len(x), -1)
 
 
 @dataclass
@@ -87,10 +96,10 @@ def evaluate_points(policy: Policy, cfg: Config, grid: np.ndarray, score: Score,
                     base: BaseEval, seed: int) -> FrontPoints:
     """Sample ``policy`` at every ``w`` of ``grid`` and score it (``[P, M]`` means and intervals)."""
     ev = cfg.evaluation
-    samples, _ = sample_sweep(policy, cfg, grid, ev.num_samples, seed)
-    rewards = score_all(score, samples)
+    batches, _ = sample_sweep(policy, cfg, grid, ev.num_samples, seed)
+    rewards = score_all(score, batches)
     stats = [mean_interval(r, ev.confidence) for r in rewards]
-    drift = np.array([nearest_distance(s, base.samples) for s in samples])
+    drift = np.array([nearest_distance(flat(b), base.samples) for b in batches])
     return FrontPoints(method, np.asarray(grid, dtype=np.float64), np.stack([m for m, _ in stats]),
                        np.stack([h for _, h in stats]), drift, rewards)
 
@@ -102,7 +111,7 @@ def evaluate_base(policy: Policy, cfg: Config, score: Score, seed: int) -> tuple
     _, base = sample_sweep(policy, cfg, grid, cfg.evaluation.num_samples, seed)
     _, other = sample_sweep(policy, cfg, grid, cfg.evaluation.num_samples, seed + BASE_SEED_OFFSET)
     rewards = score_all(score, [base])[0]
-    info = BaseEval(base, rewards, nearest_distance(other, base))
+    info = BaseEval(flat(base), rewards, nearest_distance(flat(other), flat(base)))
     mean, half = mean_interval(rewards, cfg.evaluation.confidence)
     point = FrontPoints("base", np.full((1, m), np.nan), mean[None], half[None], np.array([info.self_drift]),
                         [rewards])

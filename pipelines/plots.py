@@ -71,6 +71,8 @@ def front_plot(methods: list[tuple[str, np.ndarray, bool]], names: list[str], re
         ax.set_ylabel(f"r: {names[j]}")
     axes[0][0].legend(fontsize=7)
     fig.suptitle(title)
+    fig.tight_layout()
+    return fig
 
 
 def _frame(image: np.ndarray) -> np.ndarray:
