@@ -27,7 +27,7 @@ def test_shapes_edit_pretrain_then_train_logs_the_slider_grid(ray_local, tmp_pat
     metrics = json.loads((tmp_path / "base" / "pretrain_metrics.json").read_text())
     assert 0 <= metrics["accuracy/all"] <= 1 and metrics["ssim_target_to_source"] > 0.5
     assert result.rewards.shape == (5, 2) and np.isfinite(result.rewards).all()
-    assert result.samples[0].shape == (8, 32, 32, 3)
+    assert result.samples[0].shape == (8, 3, 32, 32)  # the reward layout, channels first
 
     step, blob = load_latest_checkpoint(cfg.run_dir)
     assert step == 2 and blob["loop"]["base"] == str(tmp_path / "base")
