@@ -16,6 +16,7 @@ result is the base model's, bit for bit.
 
 from __future__ import annotations
 
+import abc
 import re
 from pathlib import Path
 
@@ -33,7 +34,7 @@ DECODE_CHUNK = 16
 """Latents decoded per VAE call (bounds the decoder's activation memory on a GPU)."""
 
 
-class DiffusersBackbone(nn.Module):
+class DiffusersBackbone(nn.Module, abc.ABC):
     """Preference hooks, LoRA targets, checkpointing and VAE I/O shared by the diffusers backbones."""
 
     pipeline_class: str
@@ -78,11 +79,13 @@ class DiffusersBackbone(nn.Module):
         c = self.transformer.config
         return c.num_attention_heads * c.attention_head_dim
 
+    @abc.abstractmethod
     def _velocity(self, x: torch.Tensor, t: torch.Tensor, cond: Condition) -> torch.Tensor:
-        raise NotImplementedError
+        """The transformer's velocity for latents ``x`` at times ``t`` under ``cond``."""
 
+    @abc.abstractmethod
     def _encode_prompts(self, prompts: list[str]) -> Condition:
-        raise NotImplementedError
+        """Text (and pooled) embeddings of ``prompts``."""
 
     # ---- the interface ------------------------------------------------------------------------------
     @property
