@@ -180,7 +180,7 @@ def load_latest_checkpoint(
     except (ValueError, KeyError, TypeError) as err:
         raise CheckpointError(
             f"checkpoint pointer {pointer} is corrupt ({err!r}); expected "
-            '{"step": <int>, "file": "step_XXXXXXXX.pt"}'
+            '{"step": <int>, "file": "step_<8 digits>.pt"}'
         ) from None
     if not _STEP_FILE.match(name):
         raise CheckpointError(f"checkpoint pointer {pointer} names {name!r}, not a step_*.pt file")
