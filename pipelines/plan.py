@@ -3,21 +3,27 @@
 The plan lists the resource pools (actors x GPUs), the batch geometry of one step, the objectives
 (each resolved in the reward registry) and the tensors weight sync moves. Those are counted on a
 policy whose transformer is built from its config on the ``meta`` device (diffusers kinds), so a
-full-size backbone costs no memory; the config must be readable offline (a local directory, or a
-hub id already in the Hugging Face cache).
+full-size backbone costs no memory; the config must be readable offline: a local directory, a hub id
+already in the Hugging Face cache, or a hub id whose public configs ship in ``configs/hub/`` (the
+GPU presets' bases), see :func:`offline_config_dir`.
 """
 
 from __future__ import annotations
 
 import math
+import time
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from infra.config import Config
-from reward_servers.registry import reward_factory
+from reward_servers.registry import check_args
 
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+SHIPPED_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "hub"
+"""``<org>/<repo>/{transformer,vae}/config.json`` of the GPU presets' bases, copied from the hub."""
 
 
 @dataclass
@@ -26,39 +32,69 @@ class SyncedWeights:
     params: int
     lora_params: int
     pref_params: int
+    config_source: str
+    """Where the transformer's config was read (the base itself, or the shipped copy)."""
+    build_s: float
+    """Seconds to build the policy (on the ``meta`` device for diffusers kinds)."""
+
+
+def offline_config_dir(base: str) -> Path | None:
+    """The shipped copy of hub id ``base``'s (``org/repo``) transformer and VAE configs, if the repo has one."""
+    if Path(base).is_absolute() or len(Path(base).parts) != 2:
+        return None
+    shipped = SHIPPED_CONFIGS / base
+    return shipped if (shipped / "transformer" / "config.json").is_file() else None
+
+
+def _read_configs(transformer_cls, base: str) -> tuple[dict, dict, str]:
+    """Transformer and VAE configs of ``base`` read offline: the base itself, else the shipped copy."""
+    import diffusers
+
+    shipped = offline_config_dir(base)
+    error: OSError | None = None
+    for source in (base, shipped) if shipped else (base,):
+        try:
+            with warnings.catch_warnings():
+                # diffusers passes huggingface_hub a deprecated argument when it looks in the cache.
+                warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
+                config = transformer_cls.load_config(source, subfolder="transformer", local_files_only=True)
+                vae_config = dict(diffusers.AutoencoderKL.load_config(source, subfolder="vae", local_files_only=True))
+        except OSError as err:
+            error = err
+            continue
+        where = base if source == base else f"shipped copy {shipped.relative_to(SHIPPED_CONFIGS.parents[1])}"
+        return config, vae_config, where
+    raise ValueError(f"dry run needs the transformer and VAE configs of '{base}' offline (a local directory, "
+                     f"the Hugging Face cache or {SHIPPED_CONFIGS}/<org>/<repo>): {error}")
 
 
 def trainable_weights(cfg: Config) -> SyncedWeights:
     """What one weight sync moves: the policy's trainable tensors (LoRA + preference modules)."""
     from policies.policy import Policy, build_backbone
 
+    if cfg.model.lora_rank == 0 and cfg.model.kind != "toy2d":
+        raise ValueError("dry run of full fine-tuning (model.lora_rank=0) is only supported for toy2d")
+    start = time.perf_counter()
     if cfg.model.kind == "toy2d":
-        backbone = build_backbone(cfg.model, cfg.num_objectives)
+        policy, source = Policy(build_backbone(cfg.model, cfg.num_objectives), cfg.model), cfg.pretrain.checkpoint
     else:
         import diffusers
-        from accelerate import init_empty_weights
 
         from policies.diffusers_backbones import BACKBONES
 
         cls = BACKBONES[cfg.model.kind]
-        base = cfg.model.diffusers.pretrained or cfg.pretrain.checkpoint
         transformer_cls = getattr(diffusers, cls.transformer_class)
-        try:
-            config = transformer_cls.load_config(base, subfolder="transformer", local_files_only=True)
-            vae_config = dict(diffusers.AutoencoderKL.load_config(base, subfolder="vae", local_files_only=True))
-        except (OSError, EnvironmentError) as err:
-            raise ValueError(f"dry run needs the transformer and VAE configs of '{base}' offline "
-                             f"(a local directory or the Hugging Face cache): {err}") from None
-        with init_empty_weights():
-            transformer = transformer_cls.from_config(config)
-        backbone = cls(transformer, None, vae_config, cfg.num_objectives, cfg.model)
-    policy = Policy(backbone, cfg.model) if cfg.model.lora_rank > 0 or cfg.model.kind == "toy2d" else None
-    if policy is None:
-        raise ValueError("dry run of full fine-tuning (model.lora_rank=0) is only supported for toy2d")
+        config, vae_config, source = _read_configs(transformer_cls, cfg.model.diffusers.pretrained or cfg.pretrain.checkpoint)
+        # Every tensor on meta, buffers included: SD3.5's 384 x 384 sin-cos position table alone
+        # would take seconds and ~1 GiB on the CPU.
+        with torch.device("meta"):
+            backbone = cls(transformer_cls.from_config(config), None, vae_config, cfg.num_objectives, cfg.model)
+            policy = Policy(backbone, cfg.model)
     named = list(policy.trainable_named())
     lora = sum(p.numel() for n, p in named if "lora_" in n)
     pref = sum(p.numel() for n, p in named if ".pref." in n or n.startswith("pref."))
-    return SyncedWeights(len(named), sum(p.numel() for _, p in named), lora, pref)
+    return SyncedWeights(len(named), sum(p.numel() for _, p in named), lora, pref, source,
+                         time.perf_counter() - start)
 
 
 def describe_plan(cfg: Config) -> str:
@@ -66,27 +102,38 @@ def describe_plan(cfg: Config) -> str:
     ro, lc, rw = cfg.rollout, cfg.learner, cfg.rewards
     objectives = []
     for spec in rw.objectives:
-        reward_factory(spec.name)  # unknown names fail here with the registered list
-        objectives.append(f"{spec.display} ({spec.name})")
+        check_args(spec)  # unknown names and args the reward does not take fail here
+        if spec.url is not None:
+            objectives.append((spec, 0, 0.0, f"at {spec.url}"))
+            continue
+        replicas = spec.num_replicas or rw.num_replicas
+        gpus = rw.num_gpus if spec.num_gpus is None else spec.num_gpus
+        objectives.append((spec, replicas, gpus, f"{replicas} replica(s) x {gpus:g} GPU"))
     groups = ro.prompts_per_step * cfg.preferences.slots_per_prompt
     samples = groups * ro.group_size
     per_rank = math.ceil(samples / lc.world_size)
     micro = math.ceil(per_rank / lc.micro_batch_size)
-    gpus = (ro.num_actors * ro.num_gpus_per_actor + lc.world_size * lc.num_gpus_per_worker
-            + len(rw.objectives) * rw.num_replicas * rw.num_gpus)
+    rollout_gpus, learner_gpus = ro.num_actors * ro.num_gpus_per_actor, lc.world_size * lc.num_gpus_per_worker
+    reward_gpus = sum(n * g for _, n, g, _ in objectives)
     w = trainable_weights(cfg)
-    dtype = cfg.model.diffusers.dtype if cfg.model.kind != "toy2d" else "fp32"
-    base = cfg.model.diffusers.pretrained or cfg.pretrain.checkpoint if cfg.model.kind != "toy2d" \
-        else cfg.pretrain.checkpoint
+    image = cfg.model.kind != "toy2d"
+    dtype = cfg.model.diffusers.dtype if image else "fp32"
+    base = (cfg.model.diffusers.pretrained or cfg.pretrain.checkpoint) if image else cfg.pretrain.checkpoint
+    d = cfg.model.diffusers
     lines = [
         f"plan for '{cfg.name}' (model.kind={cfg.model.kind}, base={base})",
+        f"  config: {w.config_source}" + (f"; {d.height}x{d.width} px, {dtype}, gradient checkpointing "
+                                          f"{'on' if d.gradient_checkpointing else 'off'}" if image else ""),
         "pools:",
-        f"  rollout  {ro.num_actors} actor(s) x {ro.num_gpus_per_actor:g} GPU, {ro.num_cpus_per_actor:g} CPU",
+        f"  rollout  {ro.num_actors} actor(s) x {ro.num_gpus_per_actor:g} GPU, {ro.num_cpus_per_actor:g} CPU"
+        + _pool_note(cfg.cluster.rollout.resources),
         f"  learner  world size {lc.world_size} x {lc.num_gpus_per_worker:g} GPU, ZeRO-{lc.zero_stage}, "
-        f"{lc.precision}, backend {lc.backend}",
-        f"  rewards  {len(rw.objectives)} objective(s) x {rw.num_replicas} replica(s) x {rw.num_gpus:g} GPU: "
-        + ", ".join(objectives),
-        f"  total    {gpus:g} GPU(s)",
+        f"{lc.precision}, backend {lc.backend}" + _pool_note(cfg.cluster.learner.resources),
+        f"  rewards  {len(objectives)} objective(s)" + _pool_note(rw.resources),
+        *(f"    {spec.display} ({spec.name}): {where}" for spec, _, _, where in objectives),
+        f"  total    {rollout_gpus + learner_gpus + reward_gpus:g} GPU(s) = rollout {rollout_gpus:g} + "
+        f"learner {learner_gpus:g} + rewards {reward_gpus:g}"
+        f"{', placement groups' if cfg.cluster.placement_groups else ''}",
         "batch per step:",
         f"  {ro.prompts_per_step} prompts x {cfg.preferences.slots_per_prompt} preference slots = {groups} groups"
         f" x {ro.group_size} samples = {samples} samples",
@@ -99,5 +146,10 @@ def describe_plan(cfg: Config) -> str:
         f"  {w.tensors} tensors, {w.params:,} parameters (LoRA r={cfg.model.lora_rank} alpha={cfg.model.lora_alpha:g}: "
         f"{w.lora_params:,}; preference modules: {w.pref_params:,}) = "
         f"{w.params * DTYPE_BYTES[dtype] / 2**20:.1f} MiB in {dtype}",
+        f"  counted on a policy built {'on the meta device ' if image else ''}in {w.build_s:.1f} s; no weights loaded",
     ]
     return "\n".join(lines)
+
+
+def _pool_note(resources: dict[str, float]) -> str:
+    return f", pinned to {resources}" if resources else ""

@@ -69,15 +69,21 @@ def build_reward(spec: RewardSpec, factory: RewardFactory | None = None) -> Rewa
     ``factory`` skips the lookup: Serve replicas receive the class resolved in the driver, so a
     reward registered only in the driver's process (a plugin, a test) still builds there.
     """
+    factory = check_args(spec, factory)
+    try:
+        return factory(**spec.args)
+    except ValueError as err:
+        raise ValueError(f"reward '{spec.display}' ({spec.name}): {err}") from err
+
+
+def check_args(spec: RewardSpec, factory: RewardFactory | None = None) -> RewardFactory:
+    """The factory of ``spec``, once its ``args`` fit the constructor's signature (nothing is built)."""
     factory = factory or reward_factory(spec.name)
-    who = f"reward '{spec.display}' ({spec.name})"
     signature = inspect.signature(factory)
     try:
         signature.bind(**spec.args)
     except TypeError as err:
         expected = ", ".join(str(p.replace(annotation=p.empty)) for p in signature.parameters.values())
-        raise ValueError(f"{who}: bad args {spec.args}: {err}; expected {spec.name}({expected})") from None
-    try:
-        return factory(**spec.args)
-    except ValueError as err:
-        raise ValueError(f"{who}: {err}") from err
+        raise ValueError(f"reward '{spec.display}' ({spec.name}): bad args {spec.args}: {err}; "
+                         f"expected {spec.name}({expected})") from None
+    return factory
