@@ -2,11 +2,10 @@
 
 The plan lists the resource pools (actors x GPUs), the batch geometry of one step, the objectives
 (each resolved in the reward registry, its args checked against the constructor) and the tensors
-weight sync moves. Those are counted on a
-policy whose transformer is built from its config on the ``meta`` device (diffusers kinds), so a
-full-size backbone costs no memory; the config must be readable offline: a local directory, a hub id
-already in the Hugging Face cache, or a hub id whose public configs ship in ``configs/hub/`` (the
-GPU presets' bases), see :func:`offline_config_dir`.
+weight sync moves. Those are counted on a policy whose transformer is built from its config on the
+``meta`` device (diffusers kinds), so a full-size backbone costs no memory; the config must be
+readable offline: a local directory, a hub id already in the Hugging Face cache, or a hub id whose
+public configs ship in ``configs/hub/`` (the GPU presets' bases), see :func:`offline_config_dir`.
 """
 
 from __future__ import annotations
