@@ -1,4 +1,4 @@
-"""Tiny SD3 and FLUX.1 Kontext backbones: saved, loaded back through diffusers' from_pretrained,
+"""Tiny SD3, FLUX.1 Kontext and LTX-2 backbones: saved, loaded back through diffusers' from_pretrained,
 exactly the base without w, LoRA on the transformer only, sampling, gradient checkpointing."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from policies.batch import GroupSpec
 from policies.policy import build_policy
 from policies.rollout import rollout_groups
 
-KINDS = ["sd3", "flux_kontext"]
+KINDS = ["sd3", "flux_kontext", "ltx2"]
 PROMPTS = ["a red circle on a gray background", "make the square blue"]
 
 
@@ -34,6 +34,8 @@ def plain_base_velocity(kind: str, path, x, t, cond) -> torch.Tensor:
         tr = diffusers.SD3Transformer2DModel.from_pretrained(path, subfolder="transformer")
         return tr(hidden_states=x, timestep=t * 1000, encoder_hidden_states=cond.text,
                   pooled_projections=cond.pooled).sample
+    if kind == "ltx2":
+        return plain_ltx2_velocity(path, x, t, cond)
     pipe = diffusers.FluxKontextPipeline
     tr = diffusers.FluxTransformer2DModel.from_pretrained(path, subfolder="transformer")
     b, c, h, w = x.shape
@@ -45,6 +47,26 @@ def plain_base_velocity(kind: str, path, x, t, cond) -> torch.Tensor:
              txt_ids=torch.zeros(cond.text.shape[1], 3), img_ids=torch.cat([ids, src_ids])).sample
     # _unpack_latents takes the size in pixels and the VAE factor: any factor f with pixels = f * latent works.
     return pipe._unpack_latents(out[:, : (h // 2) * (w // 2)], 8 * h, 8 * w, 8)
+
+
+def plain_ltx2_velocity(path, x, t, cond) -> torch.Tensor:
+    """LTX2Pipeline.__call__'s transformer call (no guidance) on x = [packed video tokens | packed audio tokens]
+    for the tiny model's 5 frames at 24 fps: 3 x 16 x 16 latents of 4 channels, 5 audio latents of 4 features."""
+    import diffusers
+
+    tr = diffusers.LTX2VideoTransformer3DModel.from_pretrained(path, subfolder="transformer")
+    b, (f, h, w), audio_frames = x.shape[0], (3, 16, 16), 5
+    n = f * h * w * 4
+    video, audio = x[:, :n].reshape(b, -1, 4).contiguous(), x[:, n:].reshape(b, audio_frames, 4).contiguous()
+    timestep = t * 1000
+    out = tr(hidden_states=video, audio_hidden_states=audio, encoder_hidden_states=cond.text,
+             audio_encoder_hidden_states=cond.audio_text, timestep=timestep, sigma=timestep,
+             encoder_attention_mask=cond.text_mask, audio_encoder_attention_mask=cond.text_mask, num_frames=f,
+             height=h, width=w, fps=24.0, audio_num_frames=audio_frames,
+             video_coords=tr.rope.prepare_video_coords(b, f, h, w, x.device, fps=24.0),
+             audio_coords=tr.audio_rope.prepare_audio_coords(b, audio_frames, x.device), isolate_modalities=False,
+             spatio_temporal_guidance_blocks=None, perturbation_mask=None, use_cross_timestep=True, return_dict=False)
+    return torch.cat([out[0].flatten(1), out[1].flatten(1)], dim=1)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -71,6 +93,9 @@ def test_lora_on_transformer_attention_only_and_learner_build_matches(tiny_pipel
     assert any(".pref." in n for n in names) and any("lora_A" in n for n in names)
     assert all(".transformer." in n or ".pref." in n for n in names)
     assert all(any(p in n for p in ("to_q", "to_k", "to_v", "to_out", "add_", "pref.")) for n in names)
+    if kind == "ltx2":  # video, audio, text cross- and audio<->video attention all adapted
+        for attn in ("attn1", "attn2", "audio_attn1", "audio_attn2", "audio_to_video_attn", "video_to_audio_attn"):
+            assert any(f".{attn}.to_q.lora_A" in n for n in names), attn
     learner, _ = policy_of(tiny_pipeline, kind, encoders=False)
     a, b = policy.trainable_state(), learner.trainable_state()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -87,7 +112,8 @@ def test_rollout_samples_decode_and_reproduce(tiny_pipeline, kind):
                     SamplerConfig(kind="ode", num_steps=2, guidance_scale=3.0, shift=3.0)):
         batch = rollout_groups(policy, groups, 3, sampler, policy_version=2)
         assert batch.samples.shape == (6, *policy.sample_shape)
-        assert batch.images.shape == (6, 32, 32, 3) and batch.images.dtype == torch.uint8
+        frames = (5,) if kind == "ltx2" else ()  # video: [B, F, H, W, 3]
+        assert batch.images.shape == (6, *frames, 32, 32, 3) and batch.images.dtype == torch.uint8
         assert batch.conditions.text.shape[0] == 2 and batch.reward_samples().max() <= 1.0
         again = rollout_groups(policy, groups[1:], 3, sampler, policy_version=2)
         assert torch.allclose(batch.samples[3:], again.samples, atol=1e-5)
@@ -137,3 +163,20 @@ def test_trainable_state_roundtrip_through_a_file(tiny_pipeline, tmp_path):
         assert torch.equal(policy.velocity(x, t, w, cond), fresh.velocity(x, t, w, cond))
     size = (tmp_path / "adapter.pt").stat().st_size
     assert size < 0.5 * sum(p.numel() * 4 for p in policy.backbone.transformer.parameters())
+
+
+def test_ltx2_geometry_and_conditioning_follow_the_pipeline(tiny_pipeline):
+    """Latent grid, audio length and prompt encoding are what LTX2Pipeline computes for the same call."""
+    policy, cfg = policy_of(tiny_pipeline, "ltx2")
+    backbone, pipe = policy.backbone, policy.backbone._pipe
+    frames, fps = cfg.diffusers.num_frames, cfg.diffusers.frame_rate
+    assert backbone.latent_grid == ((frames - 1) // pipe.vae_temporal_compression_ratio + 1,
+                                    32 // pipe.vae_spatial_compression_ratio, 32 // pipe.vae_spatial_compression_ratio)
+    assert backbone.audio_frames == round(frames / fps * pipe.audio_sampling_rate / pipe.audio_hop_length
+                                          / pipe.audio_vae_temporal_compression_ratio)
+    embeds, mask, _, _ = pipe.encode_prompt(PROMPTS, do_classifier_free_guidance=False, max_sequence_length=16)
+    video, audio, mask = pipe.connectors(embeds, mask, padding_side="left")
+    cond = policy.encode_condition(PROMPTS)
+    assert torch.equal(cond.text, video) and torch.equal(cond.audio_text, audio) and torch.equal(cond.text_mask, mask.float())
+    with pytest.raises(ValueError, match="num_frames"):
+        policy_of(tiny_pipeline, "ltx2", num_frames=4)
