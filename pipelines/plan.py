@@ -45,7 +45,8 @@ def trainable_weights(cfg: Config) -> SyncedWeights:
         transformer_cls = getattr(diffusers, cls.transformer_class)
         try:
             config = transformer_cls.load_config(base, subfolder="transformer", local_files_only=True)
-            vae_config = dict(diffusers.AutoencoderKL.load_config(base, subfolder="vae", local_files_only=True))
+            vae_config = dict(getattr(diffusers, cls.vae_class).load_config(base, subfolder="vae",
+                                                                           local_files_only=True))
         except (OSError, EnvironmentError) as err:
             raise ValueError(f"dry run needs the transformer and VAE configs of '{base}' offline "
                              f"(a local directory or the Hugging Face cache): {err}") from None

@@ -12,7 +12,7 @@ from pipelines.plan import describe_plan, trainable_weights
 from policies.policy import build_policy
 
 
-@pytest.mark.parametrize("kind", ["sd3", "flux_kontext"])
+@pytest.mark.parametrize("kind", ["sd3", "flux_kontext", "ltx2"])
 def test_meta_device_count_matches_the_built_policy(tiny_pipeline, kind):
     cfg = Config.model_validate({"model": diffusers_model(kind), "pretrain": {"checkpoint": str(tiny_pipeline(kind))},
                                  "data": {"kind": "shapes"}})

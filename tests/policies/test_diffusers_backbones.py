@@ -127,10 +127,11 @@ def test_rollout_samples_decode_and_reproduce(tiny_pipeline, kind):
         assert not torch.allclose(swapped.samples, first.samples)  # the source image conditions the edit
 
 
-def test_gradient_checkpointing_gives_the_same_gradients(tiny_pipeline):
+@pytest.mark.parametrize("kind", ["sd3", "ltx2"])
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_pipeline, kind):
     grads = []
     for gc in (False, True):
-        policy, _ = policy_of(tiny_pipeline, "sd3", gradient_checkpointing=gc)
+        policy, _ = policy_of(tiny_pipeline, kind, gradient_checkpointing=gc)
         policy.train()
         cond = policy.encode_condition(PROMPTS)
         torch.manual_seed(0)
@@ -149,13 +150,14 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_pipeline):
     assert any(grads[0][k].abs().sum() > 0 for k in grads[0] if "pref.slider.gate" in k)
 
 
-def test_trainable_state_roundtrip_through_a_file(tiny_pipeline, tmp_path):
-    policy, cfg = policy_of(tiny_pipeline, "sd3")
+@pytest.mark.parametrize("kind", ["sd3", "ltx2"])
+def test_trainable_state_roundtrip_through_a_file(tiny_pipeline, tmp_path, kind):
+    policy, cfg = policy_of(tiny_pipeline, kind)
     with torch.no_grad():
         for _, p in policy.trainable_named():
             p.add_(0.05 * torch.randn_like(p))
     torch.save(policy.trainable_state(), tmp_path / "adapter.pt")
-    fresh = build_policy(cfg, 2, tiny_pipeline("sd3"))
+    fresh = build_policy(cfg, 2, tiny_pipeline(kind))
     fresh.load_trainable_state(torch.load(tmp_path / "adapter.pt", weights_only=True))
     cond = policy.encode_condition(PROMPTS)
     x, t, w = torch.randn(2, *policy.sample_shape), torch.rand(2), torch.full((2, 2), 0.5)
