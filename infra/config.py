@@ -567,6 +567,8 @@ class Config(Strict):
                              "are of the unguided policy")
         if self.model.kind == "toy2d" and self.data.kind != "none":
             raise ValueError(f"data.kind='{self.data.kind}' needs an image backbone; model.kind is 'toy2d'")
+        if self.model.kind == "ltx2" and self.data.kind == "shapes_edit":
+            raise ValueError("data.kind='shapes_edit' needs source images; model.kind='ltx2' is text-to-video")
         c = self.cluster
         if c.colocate and (not c.placement_groups or self.loop.max_staleness != 0):
             raise ValueError("cluster.colocate needs cluster.placement_groups=true and loop.max_staleness=0 "

@@ -114,6 +114,7 @@ def test_rollout_samples_decode_and_reproduce(tiny_pipeline, kind):
         assert batch.samples.shape == (6, *policy.sample_shape)
         frames = (5,) if kind == "ltx2" else ()  # video: [B, F, H, W, 3]
         assert batch.images.shape == (6, *frames, 32, 32, 3) and batch.images.dtype == torch.uint8
+        assert batch.reward_samples().shape == (6, *frames, 3, 32, 32)  # what the reward boundary gets
         assert batch.conditions.text.shape[0] == 2 and batch.reward_samples().max() <= 1.0
         again = rollout_groups(policy, groups[1:], 3, sampler, policy_version=2)
         assert torch.allclose(batch.samples[3:], again.samples, atol=1e-5)
@@ -182,3 +183,14 @@ def test_ltx2_geometry_and_conditioning_follow_the_pipeline(tiny_pipeline):
     assert torch.equal(cond.text, video) and torch.equal(cond.audio_text, audio) and torch.equal(cond.text_mask, mask.float())
     with pytest.raises(ValueError, match="num_frames"):
         policy_of(tiny_pipeline, "ltx2", num_frames=4)
+
+
+def test_ltx2_rejects_editing_data_and_in_repo_pretraining(tmp_path):
+    from infra.config import Config
+    from pipelines.pretrain import pretrain_base
+
+    with pytest.raises(ValueError, match="text-to-video"):
+        Config.model_validate({"model": diffusers_model("ltx2"), "data": {"kind": "shapes_edit"}})
+    cfg = Config.model_validate({"model": diffusers_model("ltx2"), "data": {"kind": "shapes"}})
+    with pytest.raises(ValueError, match="model.diffusers.pretrained"):
+        pretrain_base(cfg, tmp_path / "base", progress=False)
