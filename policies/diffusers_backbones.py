@@ -2,10 +2,12 @@
 
 A backbone is a ``torch.nn.Module`` with (toy2d follows the same interface):
 
-- ``forward(x, t, w=None, cond=None) -> v``: velocity at latents ``x [B, C, h, w]``, time ``t [B]``
-  (1 = noise, ``x_t = (1-t) x0 + t eps``, ``v = eps - x0``, as diffusers' flow-match models);
+- ``forward(x, t, w=None, cond=None) -> v``: velocity at latents ``x [B, C, h, w]`` (LTX-2: ``[B, D]``,
+  below), time ``t [B]`` (1 = noise, ``x_t = (1-t) x0 + t eps``, ``v = eps - x0``, as diffusers'
+  flow-match models);
 - ``encode_condition(prompts, source_images) -> Condition``: text encoders (and VAE for sources);
-- ``decode(latents) -> [B, H, W, 3]`` float in [0, 1]; ``sample_shape``: one latent's shape;
+- ``decode(latents) -> [B, H, W, 3]`` (video ``[B, F, H, W, 3]``) float in [0, 1]; ``sample_shape``:
+  one latent's shape;
 - ``lora_target_modules(names)``: what peft adapts (attention projections of the transformer only).
 
 The preference modules attach to the unmodified diffusers transformer through forward hooks: one on
@@ -114,7 +116,9 @@ class DiffusersBackbone(nn.Module, abc.ABC):
                 cond: Condition | None = None) -> torch.Tensor:
         self._active = (self.pref.embedding_delta(w), self.pref.residual(w))
         try:
-            return self._velocity(x.to(self.dtype), t.to(self.dtype), cond).float()
+            # t stays float32: the pipelines feed the scheduler's float32 timesteps whatever the weights'
+            # dtype (in bf16, 1000 t would round to steps of 4).
+            return self._velocity(x.to(self.dtype), t.float(), cond).float()
         finally:
             self._active = (None, None)
 

@@ -9,7 +9,7 @@ import torch
 
 from conftest import diffusers_model
 from infra.config import ModelConfig, SamplerConfig
-from policies.batch import GroupSpec
+from policies.batch import Condition, GroupSpec
 from policies.policy import build_policy
 from policies.rollout import rollout_groups
 
@@ -26,18 +26,19 @@ def sources(kind: str, n: int) -> np.ndarray | None:
     return np.random.default_rng(0).random((n, 32, 32, 3), dtype=np.float32) if kind == "flux_kontext" else None
 
 
-def plain_base_velocity(kind: str, path, x, t, cond) -> torch.Tensor:
-    """What the unmodified diffusers transformer predicts, called as its pipeline calls it."""
+def plain_base_velocity(kind: str, path, x, t, cond, dtype=torch.float32) -> torch.Tensor:
+    """What the unmodified diffusers transformer (weights in ``dtype``) predicts, called as its pipeline
+    calls it: inputs in ``dtype``, timesteps float32."""
     import diffusers
 
     if kind == "sd3":
-        tr = diffusers.SD3Transformer2DModel.from_pretrained(path, subfolder="transformer")
+        tr = diffusers.SD3Transformer2DModel.from_pretrained(path, subfolder="transformer", dtype=dtype)
         return tr(hidden_states=x, timestep=t * 1000, encoder_hidden_states=cond.text,
                   pooled_projections=cond.pooled).sample
     if kind == "ltx2":
-        return plain_ltx2_velocity(path, x, t, cond)
+        return plain_ltx2_velocity(path, x, t, cond, dtype)
     pipe = diffusers.FluxKontextPipeline
-    tr = diffusers.FluxTransformer2DModel.from_pretrained(path, subfolder="transformer")
+    tr = diffusers.FluxTransformer2DModel.from_pretrained(path, subfolder="transformer", dtype=dtype)
     b, c, h, w = x.shape
     ids = pipe._prepare_latent_image_ids(b, h // 2, w // 2, x.device, x.dtype)
     src_ids = ids.clone()
@@ -49,12 +50,12 @@ def plain_base_velocity(kind: str, path, x, t, cond) -> torch.Tensor:
     return pipe._unpack_latents(out[:, : (h // 2) * (w // 2)], 8 * h, 8 * w, 8)
 
 
-def plain_ltx2_velocity(path, x, t, cond) -> torch.Tensor:
+def plain_ltx2_velocity(path, x, t, cond, dtype=torch.float32) -> torch.Tensor:
     """LTX2Pipeline.__call__'s transformer call (no guidance) on x = [packed video tokens | packed audio tokens]
     for the tiny model's 5 frames at 24 fps: 3 x 16 x 16 latents of 4 channels, 5 audio latents of 4 features."""
     import diffusers
 
-    tr = diffusers.LTX2VideoTransformer3DModel.from_pretrained(path, subfolder="transformer")
+    tr = diffusers.LTX2VideoTransformer3DModel.from_pretrained(path, subfolder="transformer", dtype=dtype)
     b, (f, h, w), audio_frames = x.shape[0], (3, 16, 16), 5
     n = f * h * w * 4
     video, audio = x[:, :n].reshape(b, -1, 4).contiguous(), x[:, n:].reshape(b, audio_frames, 4).contiguous()
@@ -84,6 +85,18 @@ def test_without_w_is_exactly_the_diffusers_base(tiny_pipeline, kind):
             assert torch.equal(policy.velocity(x, t, None, cond), base)
         w = torch.tensor([[0.2, 0.8], [1.0, 0.0]])
         assert not torch.allclose(policy.velocity(x, t, w, cond), base, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["sd3", "ltx2"])
+def test_bf16_weights_keep_float32_timesteps_as_the_pipelines_do(tiny_pipeline, kind):
+    policy, _ = policy_of(tiny_pipeline, kind, dtype="bf16")
+    cond = policy.encode_condition(PROMPTS)
+    torch.manual_seed(0)
+    x, t = torch.randn(2, *policy.sample_shape), torch.rand(2)
+    half = Condition(**{k: None if v is None else v.bfloat16() for k, v in vars(cond).items()})
+    with torch.no_grad():
+        base = plain_base_velocity(kind, tiny_pipeline(kind), x.bfloat16(), t, half, torch.bfloat16).float()
+        assert torch.equal(policy.reference_velocity(x, t, cond), base)
 
 
 @pytest.mark.parametrize("kind", KINDS)
