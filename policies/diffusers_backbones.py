@@ -315,6 +315,7 @@ class LTX2Backbone(DiffusersBackbone):
         # modulation and the output layer's shift/scale: both see the delta.
         return self.transformer.time_embed.emb
 
+    # Both ratios as AutoencoderKLLTX2Video.__init__ sets them: the config's value, else its formula.
     @property
     def vae_scale_factor(self) -> int:
         c = self._vae_config
