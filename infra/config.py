@@ -54,7 +54,7 @@ class TinyModelConfig(Strict):
 
 
 class DiffusersConfig(Strict):
-    """How an SD3 / FLUX.1 Kontext backbone is loaded and run (ignored by toy2d)."""
+    """How an SD3 / FLUX.1 Kontext / LTX-2 backbone is loaded and run (ignored by toy2d)."""
 
     pretrained: str | None = None
     """Local diffusers directory or hub id of the base pipeline; None = ``pretrain.checkpoint``
@@ -66,8 +66,14 @@ class DiffusersConfig(Strict):
     height: int = Field(32, ge=8)
     """Generated image / video height in pixels."""
     width: int = Field(32, ge=8)
+    num_frames: int = Field(9, ge=1)
+    """Generated video frames (ltx2 only; image kinds ignore it). ``num_frames - 1`` must be a multiple
+    of the video VAE's temporal compression (LTX-2: 8, so 9, 17, ..., 121)."""
+    frame_rate: float = Field(24.0, gt=0)
+    """Frames per second of the generated video (ltx2 only): sets the audio length and the time scale
+    of the video positions, as ``LTX2Pipeline(frame_rate=...)``."""
     max_sequence_length: int = Field(16, ge=1)
-    """T5 prompt tokens."""
+    """Prompt tokens of the T5 (SD3, Flux) or Gemma (LTX-2) text encoder."""
     guidance: float | None = None
     """Distilled guidance fed to the transformer (FLUX.1 Kontext dev: 2.5); None if it has none."""
 
@@ -79,8 +85,8 @@ def _attention_projections() -> list[str]:
 class ModelConfig(Strict):
     """The policy network and how it is adapted during RL."""
 
-    kind: Literal["toy2d", "sd3", "flux_kontext"] = "toy2d"
-    """Backbone family: the toy2d MLP, or a diffusers transformer (see ``policies/backbones.py``)."""
+    kind: Literal["toy2d", "sd3", "flux_kontext", "ltx2"] = "toy2d"
+    """Backbone family: the toy2d MLP, or a diffusers transformer (see ``policies/diffusers_backbones.py``)."""
     hidden_dim: int = Field(128, ge=8, le=8192)
     """Width of the toy2d MLP."""
     num_blocks: int = Field(3, ge=1, le=64)
@@ -561,6 +567,8 @@ class Config(Strict):
                              "are of the unguided policy")
         if self.model.kind == "toy2d" and self.data.kind != "none":
             raise ValueError(f"data.kind='{self.data.kind}' needs an image backbone; model.kind is 'toy2d'")
+        if self.model.kind == "ltx2" and self.data.kind == "shapes_edit":
+            raise ValueError("data.kind='shapes_edit' needs source images; model.kind='ltx2' is text-to-video")
         c = self.cluster
         if c.colocate and (not c.placement_groups or self.loop.max_staleness != 0):
             raise ValueError("cluster.colocate needs cluster.placement_groups=true and loop.max_staleness=0 "

@@ -46,9 +46,8 @@ def offline_config_dir(base: str) -> Path | None:
     return shipped if (shipped / "transformer" / "config.json").is_file() else None
 
 
-def _read_configs(transformer_cls, base: str) -> tuple[dict, dict, str]:
+def _read_configs(transformer_cls, vae_cls, base: str) -> tuple[dict, dict, str]:
     """Transformer and VAE configs of ``base`` read offline: the base itself, else the shipped copy."""
-    import diffusers
 
     shipped = offline_config_dir(base)
     error: OSError | None = None
@@ -58,7 +57,7 @@ def _read_configs(transformer_cls, base: str) -> tuple[dict, dict, str]:
                 # diffusers passes huggingface_hub a deprecated argument when it looks in the cache.
                 warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
                 config = transformer_cls.load_config(source, subfolder="transformer", local_files_only=True)
-                vae_config = dict(diffusers.AutoencoderKL.load_config(source, subfolder="vae", local_files_only=True))
+                vae_config = dict(vae_cls.load_config(source, subfolder="vae", local_files_only=True))
         except OSError as err:
             error = err
             continue
@@ -84,7 +83,8 @@ def trainable_weights(cfg: Config) -> SyncedWeights:
 
         cls = BACKBONES[cfg.model.kind]
         transformer_cls = getattr(diffusers, cls.transformer_class)
-        config, vae_config, source = _read_configs(transformer_cls, cfg.model.diffusers.pretrained or cfg.pretrain.checkpoint)
+        config, vae_config, source = _read_configs(transformer_cls, getattr(diffusers, cls.vae_class),
+                                                    cfg.model.diffusers.pretrained or cfg.pretrain.checkpoint)
         # Every tensor on meta, buffers included: SD3.5's 384 x 384 sin-cos position table alone
         # would take seconds and ~1 GiB on the CPU.
         with torch.device("meta"):

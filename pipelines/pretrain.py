@@ -17,6 +17,10 @@ from policies.toy2d import flow_matching_loss, ring_mixture
 def pretrain_base(cfg: Config, out: str | Path | None = None, progress: bool = True) -> Path:
     """Pre-train the base (toy2d: the ring mixture; diffusers kinds: the shapes world) and save it
     to ``pretrain.checkpoint``."""
+    if cfg.model.kind == "ltx2":
+        raise ValueError("model.kind='ltx2' has no in-repo pre-training (the shapes world is still images): set "
+                         "model.diffusers.pretrained to an LTX-2 pipeline (directory or hub id) or "
+                         "pretrain.checkpoint to a saved one (policies.tiny_models.save_tiny('ltx2', ...))")
     if cfg.model.kind != "toy2d":
         from pipelines.pretrain_shapes import pretrain_shapes
 

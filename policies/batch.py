@@ -22,6 +22,8 @@ class Condition:
     """``[N, P]`` pooled prompt embedding."""
     text_mask: torch.Tensor | None = None
     """``[N, L]`` attention mask of ``text`` (1 = token)."""
+    audio_text: torch.Tensor | None = None
+    """``[N, L, D_a]`` prompt token embeddings of the audio stream (LTX-2's audio connector)."""
     source: torch.Tensor | None = None
     """``[N, C, h, w]`` latents of the source image (editing)."""
 

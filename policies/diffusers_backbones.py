@@ -1,17 +1,28 @@
-"""SD3 / SD3.5 and FLUX.1 Kontext backbones on diffusers components.
+"""SD3 / SD3.5, FLUX.1 Kontext and LTX-2 backbones on diffusers components.
 
 A backbone is a ``torch.nn.Module`` with (toy2d follows the same interface):
 
-- ``forward(x, t, w=None, cond=None) -> v``: velocity at latents ``x [B, C, h, w]``, time ``t [B]``
-  (1 = noise, ``x_t = (1-t) x0 + t eps``, ``v = eps - x0``, as diffusers' flow-match models);
+- ``forward(x, t, w=None, cond=None) -> v``: velocity at latents ``x [B, C, h, w]`` (LTX-2: ``[B, D]``,
+  below), time ``t [B]`` (1 = noise, ``x_t = (1-t) x0 + t eps``, ``v = eps - x0``, as diffusers'
+  flow-match models);
 - ``encode_condition(prompts, source_images) -> Condition``: text encoders (and VAE for sources);
-- ``decode(latents) -> [B, H, W, 3]`` float in [0, 1]; ``sample_shape``: one latent's shape;
+- ``decode(latents) -> [B, H, W, 3]`` (video ``[B, F, H, W, 3]``) float in [0, 1]; ``sample_shape``:
+  one latent's shape;
 - ``lora_target_modules(names)``: what peft adapts (attention projections of the transformer only).
 
 The preference modules attach to the unmodified diffusers transformer through forward hooks: one on
 the timestep(+pooled text) embedding adds ``embedding_delta(w)``, one on every block adds the slider
 ``residual(w)`` to the image stream. Without ``w`` the hooks return the outputs untouched, so the
 result is the base model's, bit for bit.
+
+LTX-2 (``LTX2Pipeline``) generates a video and its audio jointly: the transformer denoises both
+streams in every call, each attending to the other. A sample is therefore one flat vector per video,
+``[video tokens * C | audio tokens * C_a]``: the pipeline's own denoising state (normalised latents
+packed into tokens, video then audio) laid end to end. The samplers, the losses and the SDE
+log-probs treat it like any latent (their time broadcasts over any rank), so the policy learns the
+joint distribution the base model samples, and the audio stream keeps the video on the base
+model's manifold. ``decode`` returns the video frames only; rewards score pictures, so the audio
+latents are never decoded (the pipeline's audio VAE and vocoder load but stay idle).
 """
 
 from __future__ import annotations
@@ -39,8 +50,12 @@ class DiffusersBackbone(nn.Module, abc.ABC):
 
     pipeline_class: str
     transformer_class: str
+    vae_class: str = "AutoencoderKL"
+    """The diffusers class of the pipeline's ``vae`` (its config gives the latent geometry)."""
     block_lists: tuple[str, ...] = ("transformer_blocks",)
     """Transformer attributes holding blocks that return ``(encoder_hidden_states, hidden_states)``."""
+    stream_output: int = 1
+    """Where the image (video) stream sits in a block's output tuple; the slider residual goes there."""
 
     def __init__(self, transformer: nn.Module, pipe, vae_config: dict, num_objectives: int,
                  model_cfg: ModelConfig):
@@ -101,7 +116,9 @@ class DiffusersBackbone(nn.Module, abc.ABC):
                 cond: Condition | None = None) -> torch.Tensor:
         self._active = (self.pref.embedding_delta(w), self.pref.residual(w))
         try:
-            return self._velocity(x.to(self.dtype), t.to(self.dtype), cond).float()
+            # t stays float32: the pipelines feed the scheduler's float32 timesteps whatever the weights'
+            # dtype (in bf16, 1000 t would round to steps of 4).
+            return self._velocity(x.to(self.dtype), t.float(), cond).float()
         finally:
             self._active = (None, None)
 
@@ -156,8 +173,10 @@ class DiffusersBackbone(nn.Module, abc.ABC):
         residual = self._active[1]
         if residual is None:
             return output
-        context, hidden = output
-        return context, hidden + residual.to(hidden.dtype)[:, None, :]
+        output = list(output)
+        hidden = output[self.stream_output]
+        output[self.stream_output] = hidden + residual.to(hidden.dtype)[:, None, :]
+        return tuple(output)
 
     def _checkpoint(self, block: nn.Module, *args):
         # The backward pass re-runs the block after forward() has cleared ``_active``; the recompute
@@ -192,7 +211,7 @@ class DiffusersBackbone(nn.Module, abc.ABC):
             pipe = getattr(diffusers, cls.pipeline_class).from_pretrained(
                 str(path), transformer=transformer, dtype=dtype)
             pipe.set_progress_bar_config(disable=True)
-        vae_config = dict(diffusers.AutoencoderKL.load_config(str(path), subfolder="vae"))
+        vae_config = dict(getattr(diffusers, cls.vae_class).load_config(str(path), subfolder="vae"))
         return cls(transformer, pipe, vae_config, num_objectives, model_cfg)
 
 
@@ -260,7 +279,116 @@ class FluxKontextBackbone(DiffusersBackbone):
         return out.view(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
 
 
-BACKBONES: dict[str, type[DiffusersBackbone]] = {"sd3": SD3Backbone, "flux_kontext": FluxKontextBackbone}
+class LTX2Backbone(DiffusersBackbone):
+    """``LTX2VideoTransformer3DModel`` (joint video + audio) + Gemma 3 + text connectors + the LTX-2 VAEs.
+
+    A sample is ``[video tokens * C | audio tokens * C_a]`` flat (see the module docstring); the
+    transformer is called exactly as ``LTX2Pipeline.__call__`` calls it without guidance.
+    """
+
+    pipeline_class = "LTX2Pipeline"
+    transformer_class = "LTX2VideoTransformer3DModel"
+    vae_class = "AutoencoderKLLTX2Video"
+    stream_output = 0  # LTX-2 blocks return (video, audio)
+
+    def __init__(self, transformer: nn.Module, pipe, vae_config: dict, num_objectives: int,
+                 model_cfg: ModelConfig):
+        super().__init__(transformer, pipe, vae_config, num_objectives, model_cfg)
+        frames, ratio = self.cfg.num_frames, self.temporal_scale_factor
+        if (frames - 1) % ratio:
+            raise ValueError(f"model.diffusers.num_frames={frames}: num_frames - 1 must be a multiple of the "
+                             f"video VAE's temporal compression {ratio} (e.g. {ratio + 1} or {2 * ratio + 1})")
+        f = self.vae_scale_factor
+        self.latent_grid = ((frames - 1) // ratio + 1, self.cfg.height // f, self.cfg.width // f)
+        """Latent (frames, height, width) of the video stream."""
+        c = transformer.config
+        # LTX2Pipeline: round(seconds * sampling_rate / hop_length / audio VAE temporal compression);
+        # the transformer's config holds the same three numbers for its audio positions.
+        seconds = frames / self.cfg.frame_rate
+        self.audio_frames = round(seconds * c.audio_sampling_rate / c.audio_hop_length / c.audio_scale_factor)
+        """Audio latent frames (tokens) that go with ``num_frames`` video frames."""
+        lf, lh, lw = self.latent_grid
+        self._video_tokens = (lf // c.patch_size_t) * (lh // c.patch_size) * (lw // c.patch_size)
+
+    def time_embedding(self) -> nn.Module:
+        # The video stream's timestep embedding, before adaLN-single turns it into the blocks'
+        # modulation and the output layer's shift/scale: both see the delta.
+        return self.transformer.time_embed.emb
+
+    # Both ratios as AutoencoderKLLTX2Video.__init__ sets them: the config's value, else its formula.
+    @property
+    def vae_scale_factor(self) -> int:
+        c = self._vae_config
+        return c.get("spatial_compression_ratio") or c["patch_size"] * 2 ** sum(c["spatio_temporal_scaling"])
+
+    @property
+    def temporal_scale_factor(self) -> int:
+        c = self._vae_config
+        return c.get("temporal_compression_ratio") or c["patch_size_t"] * 2 ** sum(c["spatio_temporal_scaling"])
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        c = self.transformer.config
+        return (self._video_tokens * c.in_channels + self.audio_frames * c.audio_in_channels,)
+
+    def _encode_prompts(self, prompts: list[str]) -> Condition:
+        pipe = self._pipe
+        embeds, mask, _, _ = pipe.encode_prompt(prompts, None, do_classifier_free_guidance=False,
+                                                max_sequence_length=self.cfg.max_sequence_length,
+                                                device=self.vae.device)
+        video, audio, mask = pipe.connectors(embeds, mask, padding_side=getattr(pipe.tokenizer, "padding_side", "left"))
+        return Condition(text=video.float(), audio_text=audio.float(), text_mask=mask.float())
+
+    def _split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flat samples -> packed video tokens ``[B, N, C]`` and audio tokens ``[B, L, C_a]``."""
+        c, b = self.transformer.config, x.shape[0]
+        n = self._video_tokens * c.in_channels
+        # Contiguous, as the pipeline's latents are: CPU matmul kernels on strided views can round differently.
+        return (x[:, :n].reshape(b, -1, c.in_channels).contiguous(),
+                x[:, n:].reshape(b, -1, c.audio_in_channels).contiguous())
+
+    def _velocity(self, x: torch.Tensor, t: torch.Tensor, cond: Condition) -> torch.Tensor:
+        tr, b = self.transformer, x.shape[0]
+        video, audio = self._split(x)
+        lf, lh, lw = self.latent_grid
+        fps = self.cfg.frame_rate
+        timestep = t * 1000  # the pipeline feeds scheduler.timesteps = sigmas * 1000, also as ``sigma``
+        mask = cond.text_mask.to(x.dtype)
+        v_video, v_audio = tr(
+            hidden_states=video, audio_hidden_states=audio, encoder_hidden_states=cond.text.to(x.dtype),
+            audio_encoder_hidden_states=cond.audio_text.to(x.dtype), timestep=timestep, sigma=timestep,
+            encoder_attention_mask=mask, audio_encoder_attention_mask=mask, num_frames=lf, height=lh, width=lw,
+            fps=fps, audio_num_frames=self.audio_frames,
+            video_coords=tr.rope.prepare_video_coords(b, lf, lh, lw, x.device, fps=fps),
+            audio_coords=tr.audio_rope.prepare_audio_coords(b, self.audio_frames, x.device),
+            isolate_modalities=False, spatio_temporal_guidance_blocks=None, perturbation_mask=None,
+            use_cross_timestep=True, return_dict=False)
+        return torch.cat([v_video.flatten(1), v_audio.flatten(1)], dim=1)
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        raise ValueError("model.kind='ltx2' is text-to-video: it takes no source images (data.kind='shapes_edit')")
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Samples -> video frames ``[B, F, H, W, 3]`` float32 in [0, 1] (the audio is not decoded)."""
+        from diffusers import LTX2Pipeline
+
+        vae, c = self.vae, self.transformer.config
+        out = []
+        for chunk in latents.split(DECODE_CHUNK):
+            video, _ = self._split(chunk.to(vae.device))
+            z = LTX2Pipeline._unpack_latents(video, *self.latent_grid, c.patch_size, c.patch_size_t)
+            z = LTX2Pipeline._denormalize_latents(z, vae.latents_mean, vae.latents_std, vae.config.scaling_factor)
+            # The pipeline's default decode_timestep is 0 with no decode noise.
+            timestep = torch.zeros(len(z), device=vae.device, dtype=vae.dtype) if vae.config.timestep_conditioning \
+                else None
+            frames = vae.decode(z.to(vae.dtype), timestep, return_dict=False)[0]  # [B, 3, F, H, W] in [-1, 1]
+            out.append((frames.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 4, 1))
+        return torch.cat(out)
+
+
+BACKBONES: dict[str, type[DiffusersBackbone]] = {"sd3": SD3Backbone, "flux_kontext": FluxKontextBackbone,
+                                                 "ltx2": LTX2Backbone}
 
 
 def load_diffusers_backbone(model_cfg: ModelConfig, num_objectives: int, path: str | Path,

@@ -3,6 +3,10 @@
 A reward is any object with ``name``, ``inputs``, ``range``, ``direction`` and a batched
 ``score(batch) -> float32[B]``. Rewards are plain classes registered by name (see ``registry``); the
 same object runs in the driver (``backend="local"``) or inside a Ray Serve replica.
+
+Videos ``[B, F, 3, H, W]`` reach image rewards frame by frame: :func:`score_batch` (the one place
+every reward is called) scores the ``B * F`` frames and averages each video's frames, unless the
+reward sets ``takes_video = True`` and scores whole videos itself.
 """
 
 from __future__ import annotations
@@ -122,6 +126,21 @@ class RewardInfo:
     def who(self) -> str:
         """How messages name this objective: ``'target_a' (toy2d_target)``."""
         return f"'{self.label}' ({self.name})"
+
+
+def score_batch(reward: Reward, batch: RewardInputs) -> np.ndarray:
+    """``reward.score(batch)``; a video batch ``[B, F, 3, H, W]`` is scored as ``B * F`` frames (with
+    each video's prompt and source image) and each video gets its frames' mean score, unless the
+    reward declares ``takes_video = True``."""
+    if batch.samples.ndim != 5 or getattr(reward, "takes_video", False):
+        return reward.score(batch)
+    b, f = batch.samples.shape[:2]
+    frames = RewardInputs(batch.samples.reshape(b * f, *batch.samples.shape[2:]),
+                          None if batch.prompts is None else [p for p in batch.prompts for _ in range(f)],
+                          None if batch.source_images is None else np.repeat(batch.source_images, f, axis=0))
+    scores = np.asarray(reward.score(frames), dtype=np.float32)
+    # A wrong shape is left for checked_scores to name.
+    return scores.reshape(b, f).mean(axis=1) if scores.shape == (b * f,) else scores
 
 
 def checked_scores(scores: np.ndarray, n: int, info: RewardInfo) -> np.ndarray:

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from infra.config import RewardsConfig
-from reward_servers.base import RewardInfo, RewardInputs, RewardServerError, checked_scores
+from reward_servers.base import RewardInfo, RewardInputs, RewardServerError, checked_scores, score_batch
 from reward_servers.registry import build_reward
 
 Attempt = Callable[[], tuple[np.ndarray, dict[str, float]]]
@@ -137,7 +137,7 @@ class RewardClient:
         start = time.perf_counter()
 
         def timed(reward) -> tuple[np.ndarray, float]:
-            scores = reward.score(inputs)
+            scores = score_batch(reward, inputs)
             return scores, time.perf_counter() - start
 
         futures = [self._pool.submit(timed, reward) for reward in self._rewards]

@@ -28,7 +28,7 @@ from ray.serve.handle import DeploymentHandle
 from ray.serve.schema import DeploymentStatus
 
 from infra.config import RewardSpec, RewardsConfig
-from reward_servers.base import RewardInfo, RewardInputs, RewardServerError, checked_scores
+from reward_servers.base import RewardInfo, RewardInputs, RewardServerError, checked_scores, score_batch
 from reward_servers.codecs import decode_batch, decode_scores, encode_batch, encode_scores
 from reward_servers.registry import RewardFactory, build_reward, reward_factory
 
@@ -67,7 +67,7 @@ class RewardDeployment:
         batch = RewardInputs.concat(requests)
         self._batch_sizes.append(len(requests))
         # A worker thread keeps the replica's event loop free to queue the next batch meanwhile.
-        scores = checked_scores(await asyncio.to_thread(self.reward.score, batch), len(batch), self.info)
+        scores = checked_scores(await asyncio.to_thread(score_batch, self.reward, batch), len(batch), self.info)
         return np.split(scores, np.cumsum([len(r) for r in requests])[:-1])
 
     def describe(self) -> RewardInfo:

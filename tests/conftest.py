@@ -93,13 +93,14 @@ def all_group_ids(cfg: Config, steps: int) -> list[tuple[int, int, int]]:
 
 
 TINY_DIFFUSERS = {"num_layers": 2, "num_single_layers": 1, "vae_channels": [16, 32], "num_heads": 2}
-"""A tiny diffusers architecture for plumbing tests (32 px images, 16 x 16 x 4 latents)."""
+"""A tiny diffusers architecture for plumbing tests (32 px images, 16 x 16 x 4 latents; ltx2: 5 frames,
+16 x 16 x 3 x 4 video latents)."""
 
 
 def diffusers_model(kind: str, **diffusers) -> dict:
     """``model`` config of a tiny diffusers backbone of ``kind`` (LoRA rank 4)."""
     return {"kind": kind, "lora_rank": 4, "lora_alpha": 8, "pref_hidden_dim": 16, "tiny": TINY_DIFFUSERS,
-            "diffusers": {"height": 32, "width": 32, **diffusers}}
+            "diffusers": {"height": 32, "width": 32, "num_frames": 5, **diffusers}}
 
 
 @pytest.fixture(scope="session")

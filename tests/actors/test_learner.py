@@ -99,7 +99,7 @@ def test_world_size_one_and_optimizer_checkpoint_roundtrip(ray_local, tiny_base,
     assert all(torch.allclose(continued[k], resumed[k], atol=1e-6) for k in continued)
 
 
-@pytest.mark.parametrize("kind", ["sd3", "flux_kontext"])
+@pytest.mark.parametrize("kind", ["sd3", "flux_kontext", "ltx2"])
 def test_diffusers_backbone_learner_step_matches_single_process(ray_local, tiny_pipeline, kind):
     """One DeepSpeed step on conditions encoded by a rollout-side policy; the learner has no encoders."""
     import numpy as np

@@ -7,7 +7,6 @@ import os
 import re
 import subprocess
 import sys
-import typing
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ from pipelines.plan import describe_plan, offline_config_dir, trainable_weights
 from policies.policy import build_policy
 
 
-@pytest.mark.parametrize("kind", ["sd3", "flux_kontext"])
+@pytest.mark.parametrize("kind", ["sd3", "flux_kontext", "ltx2"])
 def test_meta_device_count_matches_the_built_policy(tiny_pipeline, kind):
     cfg = Config.model_validate({"model": diffusers_model(kind), "pretrain": {"checkpoint": str(tiny_pipeline(kind))},
                                  "data": {"kind": "shapes"}})
@@ -50,12 +49,11 @@ def test_dry_run_prints_the_plan_and_rejects_unknown_rewards(tiny_pipeline):
 # ---- the GPU presets: dry runs offline, from the configs shipped in configs/hub ----------------------
 
 REPO = Path(__file__).resolve().parents[2]
-LTX2_KIND = "ltx2" in typing.get_args(ModelConfig.model_fields["kind"].annotation)
 PRESET_RUNS = {
     "sd35": ["-c", "configs/sd35.yaml"],
     "sd35_large": ["-c", "configs/sd35.yaml", "--set", "model.diffusers.pretrained=stabilityai/stable-diffusion-3.5-large"],
     "flux_kontext": ["-c", "configs/flux_kontext.yaml"],
-    **({"ltx2": ["-c", "configs/ltx2.yaml"]} if LTX2_KIND else {}),
+    "ltx2": ["-c", "configs/ltx2.yaml"],
 }
 # One child process runs every dry run (imports paid once) and reports its peak memory: a loaded
 # SD3.5 Medium alone would be ~5 GB in bf16, FLUX.1 Kontext ~24 GB.
@@ -119,9 +117,7 @@ PRESETS = [
     pytest.param("sd35_large", "stabilityai/stable-diffusion-3.5-large", _lora_sd3, "12 GPU(s)", id="sd35_large"),
     pytest.param("flux_kontext", "black-forest-labs/FLUX.1-Kontext-dev", _lora_flux,
                  "15 GPU(s) = rollout 4 + learner 8 + rewards 3", id="flux_kontext"),
-    pytest.param("ltx2", "Lightricks/LTX-2", None, "19 GPU(s) = rollout 8 + learner 8 + rewards 3", id="ltx2",
-                 marks=pytest.mark.skipif(not LTX2_KIND, reason="model.kind 'ltx2' (LTX2Backbone) is on another "
-                                          "branch; this test turns on when it merges")),
+    pytest.param("ltx2", "Lightricks/LTX-2", None, "19 GPU(s) = rollout 8 + learner 8 + rewards 3", id="ltx2"),
 ]
 
 

@@ -1,4 +1,4 @@
-"""Tiny SD3 and FLUX.1 Kontext backbones: saved, loaded back through diffusers' from_pretrained,
+"""Tiny SD3, FLUX.1 Kontext and LTX-2 backbones: saved, loaded back through diffusers' from_pretrained,
 exactly the base without w, LoRA on the transformer only, sampling, gradient checkpointing."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ import torch
 
 from conftest import diffusers_model
 from infra.config import ModelConfig, SamplerConfig
-from policies.batch import GroupSpec
+from policies.batch import Condition, GroupSpec
 from policies.policy import build_policy
 from policies.rollout import rollout_groups
 
-KINDS = ["sd3", "flux_kontext"]
+KINDS = ["sd3", "flux_kontext", "ltx2"]
 PROMPTS = ["a red circle on a gray background", "make the square blue"]
 
 
@@ -26,16 +26,19 @@ def sources(kind: str, n: int) -> np.ndarray | None:
     return np.random.default_rng(0).random((n, 32, 32, 3), dtype=np.float32) if kind == "flux_kontext" else None
 
 
-def plain_base_velocity(kind: str, path, x, t, cond) -> torch.Tensor:
-    """What the unmodified diffusers transformer predicts, called as its pipeline calls it."""
+def plain_base_velocity(kind: str, path, x, t, cond, dtype=torch.float32) -> torch.Tensor:
+    """What the unmodified diffusers transformer (weights in ``dtype``) predicts, called as its pipeline
+    calls it: inputs in ``dtype``, timesteps float32."""
     import diffusers
 
     if kind == "sd3":
-        tr = diffusers.SD3Transformer2DModel.from_pretrained(path, subfolder="transformer")
+        tr = diffusers.SD3Transformer2DModel.from_pretrained(path, subfolder="transformer", dtype=dtype)
         return tr(hidden_states=x, timestep=t * 1000, encoder_hidden_states=cond.text,
                   pooled_projections=cond.pooled).sample
+    if kind == "ltx2":
+        return plain_ltx2_velocity(path, x, t, cond, dtype)
     pipe = diffusers.FluxKontextPipeline
-    tr = diffusers.FluxTransformer2DModel.from_pretrained(path, subfolder="transformer")
+    tr = diffusers.FluxTransformer2DModel.from_pretrained(path, subfolder="transformer", dtype=dtype)
     b, c, h, w = x.shape
     ids = pipe._prepare_latent_image_ids(b, h // 2, w // 2, x.device, x.dtype)
     src_ids = ids.clone()
@@ -45,6 +48,26 @@ def plain_base_velocity(kind: str, path, x, t, cond) -> torch.Tensor:
              txt_ids=torch.zeros(cond.text.shape[1], 3), img_ids=torch.cat([ids, src_ids])).sample
     # _unpack_latents takes the size in pixels and the VAE factor: any factor f with pixels = f * latent works.
     return pipe._unpack_latents(out[:, : (h // 2) * (w // 2)], 8 * h, 8 * w, 8)
+
+
+def plain_ltx2_velocity(path, x, t, cond, dtype=torch.float32) -> torch.Tensor:
+    """LTX2Pipeline.__call__'s transformer call (no guidance) on x = [packed video tokens | packed audio tokens]
+    for the tiny model's 5 frames at 24 fps: 3 x 16 x 16 latents of 4 channels, 5 audio latents of 4 features."""
+    import diffusers
+
+    tr = diffusers.LTX2VideoTransformer3DModel.from_pretrained(path, subfolder="transformer", dtype=dtype)
+    b, (f, h, w), audio_frames = x.shape[0], (3, 16, 16), 5
+    n = f * h * w * 4
+    video, audio = x[:, :n].reshape(b, -1, 4).contiguous(), x[:, n:].reshape(b, audio_frames, 4).contiguous()
+    timestep = t * 1000
+    out = tr(hidden_states=video, audio_hidden_states=audio, encoder_hidden_states=cond.text,
+             audio_encoder_hidden_states=cond.audio_text, timestep=timestep, sigma=timestep,
+             encoder_attention_mask=cond.text_mask, audio_encoder_attention_mask=cond.text_mask, num_frames=f,
+             height=h, width=w, fps=24.0, audio_num_frames=audio_frames,
+             video_coords=tr.rope.prepare_video_coords(b, f, h, w, x.device, fps=24.0),
+             audio_coords=tr.audio_rope.prepare_audio_coords(b, audio_frames, x.device), isolate_modalities=False,
+             spatio_temporal_guidance_blocks=None, perturbation_mask=None, use_cross_timestep=True, return_dict=False)
+    return torch.cat([out[0].flatten(1), out[1].flatten(1)], dim=1)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -64,6 +87,18 @@ def test_without_w_is_exactly_the_diffusers_base(tiny_pipeline, kind):
         assert not torch.allclose(policy.velocity(x, t, w, cond), base, atol=1e-4)
 
 
+@pytest.mark.parametrize("kind", ["sd3", "ltx2"])
+def test_bf16_weights_keep_float32_timesteps_as_the_pipelines_do(tiny_pipeline, kind):
+    policy, _ = policy_of(tiny_pipeline, kind, dtype="bf16")
+    cond = policy.encode_condition(PROMPTS)
+    torch.manual_seed(0)
+    x, t = torch.randn(2, *policy.sample_shape), torch.rand(2)
+    half = Condition(**{k: None if v is None else v.bfloat16() for k, v in vars(cond).items()})
+    with torch.no_grad():
+        base = plain_base_velocity(kind, tiny_pipeline(kind), x.bfloat16(), t, half, torch.bfloat16).float()
+        assert torch.equal(policy.reference_velocity(x, t, cond), base)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_lora_on_transformer_attention_only_and_learner_build_matches(tiny_pipeline, kind):
     policy, _ = policy_of(tiny_pipeline, kind)
@@ -71,6 +106,9 @@ def test_lora_on_transformer_attention_only_and_learner_build_matches(tiny_pipel
     assert any(".pref." in n for n in names) and any("lora_A" in n for n in names)
     assert all(".transformer." in n or ".pref." in n for n in names)
     assert all(any(p in n for p in ("to_q", "to_k", "to_v", "to_out", "add_", "pref.")) for n in names)
+    if kind == "ltx2":  # video, audio, text cross- and audio<->video attention all adapted
+        for attn in ("attn1", "attn2", "audio_attn1", "audio_attn2", "audio_to_video_attn", "video_to_audio_attn"):
+            assert any(f".{attn}.to_q.lora_A" in n for n in names), attn
     learner, _ = policy_of(tiny_pipeline, kind, encoders=False)
     a, b = policy.trainable_state(), learner.trainable_state()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -87,7 +125,9 @@ def test_rollout_samples_decode_and_reproduce(tiny_pipeline, kind):
                     SamplerConfig(kind="ode", num_steps=2, guidance_scale=3.0, shift=3.0)):
         batch = rollout_groups(policy, groups, 3, sampler, policy_version=2)
         assert batch.samples.shape == (6, *policy.sample_shape)
-        assert batch.images.shape == (6, 32, 32, 3) and batch.images.dtype == torch.uint8
+        frames = (5,) if kind == "ltx2" else ()  # video: [B, F, H, W, 3]
+        assert batch.images.shape == (6, *frames, 32, 32, 3) and batch.images.dtype == torch.uint8
+        assert batch.reward_samples().shape == (6, *frames, 3, 32, 32)  # what the reward boundary gets
         assert batch.conditions.text.shape[0] == 2 and batch.reward_samples().max() <= 1.0
         again = rollout_groups(policy, groups[1:], 3, sampler, policy_version=2)
         assert torch.allclose(batch.samples[3:], again.samples, atol=1e-5)
@@ -101,10 +141,11 @@ def test_rollout_samples_decode_and_reproduce(tiny_pipeline, kind):
         assert not torch.allclose(swapped.samples, first.samples)  # the source image conditions the edit
 
 
-def test_gradient_checkpointing_gives_the_same_gradients(tiny_pipeline):
+@pytest.mark.parametrize("kind", ["sd3", "ltx2"])
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_pipeline, kind):
     grads = []
     for gc in (False, True):
-        policy, _ = policy_of(tiny_pipeline, "sd3", gradient_checkpointing=gc)
+        policy, _ = policy_of(tiny_pipeline, kind, gradient_checkpointing=gc)
         policy.train()
         cond = policy.encode_condition(PROMPTS)
         torch.manual_seed(0)
@@ -123,13 +164,14 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_pipeline):
     assert any(grads[0][k].abs().sum() > 0 for k in grads[0] if "pref.slider.gate" in k)
 
 
-def test_trainable_state_roundtrip_through_a_file(tiny_pipeline, tmp_path):
-    policy, cfg = policy_of(tiny_pipeline, "sd3")
+@pytest.mark.parametrize("kind", ["sd3", "ltx2"])
+def test_trainable_state_roundtrip_through_a_file(tiny_pipeline, tmp_path, kind):
+    policy, cfg = policy_of(tiny_pipeline, kind)
     with torch.no_grad():
         for _, p in policy.trainable_named():
             p.add_(0.05 * torch.randn_like(p))
     torch.save(policy.trainable_state(), tmp_path / "adapter.pt")
-    fresh = build_policy(cfg, 2, tiny_pipeline("sd3"))
+    fresh = build_policy(cfg, 2, tiny_pipeline(kind))
     fresh.load_trainable_state(torch.load(tmp_path / "adapter.pt", weights_only=True))
     cond = policy.encode_condition(PROMPTS)
     x, t, w = torch.randn(2, *policy.sample_shape), torch.rand(2), torch.full((2, 2), 0.5)
@@ -137,3 +179,31 @@ def test_trainable_state_roundtrip_through_a_file(tiny_pipeline, tmp_path):
         assert torch.equal(policy.velocity(x, t, w, cond), fresh.velocity(x, t, w, cond))
     size = (tmp_path / "adapter.pt").stat().st_size
     assert size < 0.5 * sum(p.numel() * 4 for p in policy.backbone.transformer.parameters())
+
+
+def test_ltx2_geometry_and_conditioning_follow_the_pipeline(tiny_pipeline):
+    """Latent grid, audio length and prompt encoding are what LTX2Pipeline computes for the same call."""
+    policy, cfg = policy_of(tiny_pipeline, "ltx2")
+    backbone, pipe = policy.backbone, policy.backbone._pipe
+    frames, fps = cfg.diffusers.num_frames, cfg.diffusers.frame_rate
+    assert backbone.latent_grid == ((frames - 1) // pipe.vae_temporal_compression_ratio + 1,
+                                    32 // pipe.vae_spatial_compression_ratio, 32 // pipe.vae_spatial_compression_ratio)
+    assert backbone.audio_frames == round(frames / fps * pipe.audio_sampling_rate / pipe.audio_hop_length
+                                          / pipe.audio_vae_temporal_compression_ratio)
+    embeds, mask, _, _ = pipe.encode_prompt(PROMPTS, do_classifier_free_guidance=False, max_sequence_length=16)
+    video, audio, mask = pipe.connectors(embeds, mask, padding_side="left")
+    cond = policy.encode_condition(PROMPTS)
+    assert torch.equal(cond.text, video) and torch.equal(cond.audio_text, audio) and torch.equal(cond.text_mask, mask.float())
+    with pytest.raises(ValueError, match="num_frames"):
+        policy_of(tiny_pipeline, "ltx2", num_frames=4)
+
+
+def test_ltx2_rejects_editing_data_and_in_repo_pretraining(tmp_path):
+    from infra.config import Config
+    from pipelines.pretrain import pretrain_base
+
+    with pytest.raises(ValueError, match="text-to-video"):
+        Config.model_validate({"model": diffusers_model("ltx2"), "data": {"kind": "shapes_edit"}})
+    cfg = Config.model_validate({"model": diffusers_model("ltx2"), "data": {"kind": "shapes"}})
+    with pytest.raises(ValueError, match="model.diffusers.pretrained"):
+        pretrain_base(cfg, tmp_path / "base", progress=False)

@@ -79,3 +79,29 @@ def test_image_rewards_reject_points_and_missing_sources():
     batch = RewardInputs(np.zeros((2, 3, 8, 8)))
     with pytest.raises(ValueError, match="source_images"):
         batch.require(build_reward(RewardSpec(name="ssim_to_source")).inputs, "ssim_to_source")
+
+
+def test_videos_get_the_frame_mean_of_image_rewards_at_the_boundary():
+    from infra.config import RewardsConfig
+    from reward_servers.base import score_batch
+    from reward_servers.client import RewardClient
+
+    sc = scenes(6, seed=3)
+    frames = channels_first(np.stack([shapes.render(s, 32) for s in sc]))  # [6, 3, 32, 32]
+    videos = frames.reshape(2, 3, 3, 32, 32)  # two videos of 3 frames
+    prompts = [sc[0].caption(), sc[3].caption()]
+    cfg = RewardsConfig(objectives=[RewardSpec(name="shapes_adherence"), RewardSpec(name="shapes_area")],
+                        backend="local")
+    with RewardClient(cfg) as client:
+        per_video = client.score(RewardInputs(videos, prompts))
+        per_frame = client.score(RewardInputs(frames, [p for p in prompts for _ in range(3)]))
+    assert per_video.shape == (2, 2)
+    np.testing.assert_allclose(per_video, per_frame.reshape(2, 3, 2).mean(axis=1), rtol=1e-6)
+
+    class WholeVideo:
+        name, inputs, range, direction, takes_video = "frames_seen", ("samples",), (0.0, 99.0), "max", True
+
+        def score(self, batch: RewardInputs) -> np.ndarray:
+            return np.full(len(batch), batch.samples.shape[1], dtype=np.float32)
+
+    assert score_batch(WholeVideo(), RewardInputs(videos)).tolist() == [3.0, 3.0]
