@@ -134,3 +134,37 @@ def test_a_hub_id_base_is_recorded_unhashed(runs, tmp_path):
         "diffusers": hub.model.diffusers.model_copy(update={"pretrained": str(tmp_path / "missing" / "base")})})})
     with pytest.raises(FileNotFoundError, match="model.diffusers.pretrained of .* nor a hub id"):
         BaseRef.of_config(local, tmp_path)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_register_cli_then_pyfunc_predict_gives_the_images(tiny_pipeline, runs, kind, tmp_path):
+    import mlflow.pyfunc
+    import pandas as pd
+    from mlflow import MlflowClient
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.create_run(client.create_experiment("images", artifact_location=str(tmp_path / "mlartifacts")))
+    cfg = write_image_run(kind, tiny_pipeline(kind), tmp_path, mlflow_run_id=run.info.run_id)
+    result = CliRunner().invoke(app, ["register", cfg.run_dir, "--name", f"{kind}-slider"])
+    assert result.exit_code == 0, result.output
+    assert f"registered models:/{kind}-slider/1" in result.output
+
+    pyfunc = mlflow.pyfunc.load_model(client.get_model_version(f"{kind}-slider", "1").source)
+    rows = {"prompt": [PROMPT[kind]] * 2, "preference": [[2.0, 0.0], [1.0, 3.0]], "seed": [3, 4]}
+    if kind == "flux_kontext":
+        rows["source_image"] = [source_png(seed=3), source_png(seed=4)]
+    out = pyfunc.predict(pd.DataFrame(rows))
+    assert out["preference"].tolist() == [[1.0, 0.0], [0.25, 0.75]]
+    _, model = runs(kind)  # the same weights (same seeds), loaded from another run directory
+    want = model.generate([spec(model, (1.0, 0.0), seed=3), spec(model, (0.25, 0.75), seed=4)])
+    for got, w in zip(out["samples"], want):
+        got = np.asarray(got, dtype=np.uint8)
+        assert got.shape == (1, 32, 32, 3)
+        assert np.abs(got.astype(int) - w.astype(int)).max() <= 1
+
+    missing = {"prompt": [""], "preference": [[1.0, 0.0]]}
+    with pytest.raises(InvalidRequest, match="prompt: is required"):
+        pyfunc.predict(pd.DataFrame(missing))
