@@ -149,8 +149,9 @@ class BaseRef:
                 raise FileNotFoundError(f"base checkpoint {path} ({name} of {where}) not found")
             return cls(str(path), "file")
         if not (path / "model_index.json").is_file():
+            hub = " nor a hub id (namespace/name)" if isinstance(location, str) else ""
             raise FileNotFoundError(f"base model {path} ({name} of {where}) is not a diffusers directory "
-                                    "(no model_index.json) nor a hub id (namespace/name)")
+                                    f"(no model_index.json){hub}")
         return cls(str(path), "directory")
 
     def sha256(self) -> str | None:

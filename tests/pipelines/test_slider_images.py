@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from image_slider_run import PROMPT, STEP, source_png, write_image_run
+from infra.config import dump_config
 from pipelines.registry import load_slider
 from pipelines.slider_model import HUB_NOTE, BaseRef, GenerationSpec, InvalidRequest, SliderModel
 
@@ -119,6 +120,15 @@ def test_a_changed_base_directory_is_refused(runs, tmp_path):
     shutil.rmtree(base)
     with pytest.raises(FileNotFoundError, match="base directory .* not found"):
         SliderModel.from_model_dir(exported)
+
+
+def test_a_run_whose_base_directory_is_missing_names_the_field(runs, tmp_path):
+    cfg, _ = runs("sd3")
+    run = shutil.copytree(cfg.run_dir, tmp_path / "run")
+    gone = cfg.model_copy(update={"pretrain": cfg.pretrain.model_copy(update={"checkpoint": str(tmp_path / "gone")})})
+    (run / "config.yaml").write_text(dump_config(gone))
+    with pytest.raises(FileNotFoundError, match=r"\(pretrain.checkpoint of .*config.yaml\) is not a diffusers directory"):
+        SliderModel.from_run_dir(run)
 
 
 def test_a_hub_id_base_is_recorded_unhashed(runs, tmp_path):
