@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -192,3 +193,27 @@ def load_latest_checkpoint(
     except Exception as err:
         raise CheckpointError(f"cannot load checkpoint {path}: {err}") from err
     return step, state
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def content_sha256(path: str | Path) -> str:
+    """sha256 of a base model: of the file's bytes, or, for a directory (a diffusers pipeline), of
+    every file under it in sorted relative-path order, each entry ``path NUL sha256(content) LF``.
+
+    Paths are part of the digest, so renaming or moving a file inside the directory changes it too;
+    symlinks (hub cache snapshots) count as the file they point to.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return _file_sha256(path)
+    h = hashlib.sha256()
+    for f in sorted((f for f in path.rglob("*") if f.is_file()), key=lambda f: f.relative_to(path).as_posix()):
+        h.update(f"{f.relative_to(path).as_posix()}\0{_file_sha256(f)}\n".encode())
+    return h.hexdigest()

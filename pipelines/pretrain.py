@@ -50,13 +50,18 @@ def pretrain_base(cfg: Config, out: str | Path | None = None, progress: bool = T
     return path
 
 
-def ensure_base(cfg: Config, progress: bool = True) -> Path | str:
-    """The base checkpoint, pre-trained on the fly if it does not exist yet.
-
-    Diffusers kinds with ``model.diffusers.pretrained`` set use it as it is (directory or hub id).
-    """
+def base_location(cfg: Config) -> Path | str:
+    """Where the base model of ``cfg`` lives: ``model.diffusers.pretrained`` (a diffusers directory
+    or hub id) for diffusers kinds that set it, else ``pretrain.checkpoint`` (file or directory)."""
     if cfg.model.kind != "toy2d" and cfg.model.diffusers.pretrained:
         return cfg.model.diffusers.pretrained
-    path = Path(cfg.pretrain.checkpoint)
+    return Path(cfg.pretrain.checkpoint)
+
+
+def ensure_base(cfg: Config, progress: bool = True) -> Path | str:
+    """The base checkpoint (see :func:`base_location`), pre-trained on the fly if it does not exist yet."""
+    path = base_location(cfg)
+    if isinstance(path, str):
+        return path
     exists = (path / "model_index.json").is_file() if cfg.model.kind != "toy2d" else path.is_file()
     return path if exists else pretrain_base(cfg, path, progress)

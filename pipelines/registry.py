@@ -39,15 +39,20 @@ def _signature():
     from mlflow.types.schema import Array
 
     inputs = Schema([ColSpec("string", "prompt", required=False), ColSpec(Array("double"), "preference"),
-                     ColSpec("long", "seed", required=False), ColSpec("long", "steps", required=False)])
+                     ColSpec("long", "seed", required=False), ColSpec("long", "steps", required=False),
+                     ColSpec("string", "source_image", required=False)])
     params = ParamSchema([ParamSpec("num_samples", "long", 0)])
     return ModelSignature(inputs=inputs, params=params)
 
 
 class SliderPyfunc(PythonModel):
-    """``predict`` takes rows of ``{prompt, preference, seed, steps}`` and returns, per row, the
-    preference used (on the simplex) and the generated samples (``num_samples`` param; 0 = the
-    serving default: ``serve.points_per_request`` points for point-cloud models, else 1)."""
+    """``predict`` takes rows of ``{prompt, preference, seed, steps, source_image}`` and returns, per
+    row, the preference used (on the simplex) and the generated samples (``num_samples`` param; 0 =
+    the serving default: ``serve.points_per_request`` points for point-cloud models, else 1).
+
+    ``samples`` is what ``SliderModel.generate`` gives, as nested lists: ``[n, 2]`` floats for point
+    clouds, ``[n, H, W, 3]`` uint8 for images. ``prompt`` is required by image models and
+    ``source_image`` (base64 PNG or JPEG) by editing models, as on the endpoint."""
 
     def load_context(self, context) -> None:
         self.slider = SliderModel.from_model_dir(context.artifacts[SLIDER_ARTIFACT])
@@ -63,13 +68,16 @@ class SliderPyfunc(PythonModel):
         slider = self.slider
         if not num_samples:
             num_samples = slider.cfg.serve.points_per_request if slider.io.output_kind == "points" else 1
+        prompt, source = str(_or(row.get("prompt"), "")), _or(row.get("source_image"), None)
         return GenerationSpec(preference=slider.check_preference(list(row["preference"])),
-                              seed=_int_or(row.get("seed"), 0), steps=_int_or(row.get("steps"), slider.default_steps),
-                              num_samples=int(num_samples), prompt=str(row.get("prompt") or ""))
+                              seed=int(_or(row.get("seed"), 0)), steps=int(_or(row.get("steps"), slider.default_steps)),
+                              num_samples=int(num_samples), prompt=prompt,
+                              source_image=slider.check_inputs(prompt, None if source is None else str(source)))
 
 
-def _int_or(value: Any, default: int) -> int:
-    return default if value is None or (isinstance(value, float) and np.isnan(value)) else int(value)
+def _or(value: Any, default: Any) -> Any:
+    """``value``, or ``default`` where a DataFrame cell is missing (None / NaN)."""
+    return default if value is None or (isinstance(value, float) and np.isnan(value)) else value
 
 
 def register_model(run_dir: str | Path, name: str | None = None, tracking_uri: str | None = None):

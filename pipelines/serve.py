@@ -4,7 +4,8 @@ Routes (FastAPI ingress; OpenAPI schema at ``/openapi.json``, docs at ``/docs``)
 
 - ``POST /v1/generate`` ``{prompt, preference, seed, steps, width, height, source_image?}`` -> PNG
   (``Accept: application/json`` -> JSON with the PNG in base64, plus the points of point-cloud
-  models); the preference actually used is in the ``X-Preference`` header / ``preference`` field.
+  models): the generated image of image models, a scatter of the samples of point-cloud models.
+  Image models need a prompt, editing models a source image too. The preference actually used is in the ``X-Preference`` header / ``preference`` field.
   Concurrent requests are generated together with ``@serve.batch``.
 - ``GET /v1/objectives``: the objectives in ``w`` order, what they mean, and what the model takes.
 - ``GET /healthz``; ``GET /``: the slider page.
@@ -20,10 +21,8 @@ with other HTTP options already runs in the cluster.
 # rebinds them, and string annotations would turn ``request: Request`` into a query parameter.
 import asyncio
 import base64
-import binascii
 import hashlib
 import hmac
-import io
 import json
 import os
 import shutil
@@ -44,7 +43,8 @@ from pipelines.slider_model import GenerationSpec, InvalidRequest, SliderModel
 APP_NAME = "slider"
 PAGE = Path(__file__).with_name("slider_page.html")
 DEFAULT_POINTS_SIZE = 320
-"""Side of the scatter PNG of point-cloud models when the request gives no size."""
+"""Side of the scatter PNG of point-cloud models when the request gives no size (image models
+default to the size they generate at)."""
 
 
 class GenerateRequest(BaseModel):
@@ -55,13 +55,16 @@ class GenerateRequest(BaseModel):
     preference: list[float] | dict[str, float]
     """Weights in objective order, or ``{objective: weight}``; scaled to sum 1."""
     prompt: str = ""
+    """Text prompt (editing models: the instruction); required by models that use one."""
     seed: int = Field(0, ge=0, le=2**31 - 1)
     steps: int | None = Field(None, ge=1)
     """Sampler steps (default: the training sampler's)."""
     width: int | None = Field(None, ge=16)
+    """Width of the answered PNG (image models generate at their own size; the PNG is resized)."""
     height: int | None = Field(None, ge=16)
     source_image: str | None = None
-    """Editing models: the source image, base64 PNG or JPEG (``data:`` URLs are fine)."""
+    """Editing models (required there): the source image, base64 PNG or JPEG (``data:`` URLs are
+    fine), resized to the model's size."""
 
 
 class GenerateResponse(BaseModel):
@@ -99,25 +102,6 @@ api = FastAPI(title="ParetoSlider", version="1",
 @api.exception_handler(InvalidRequest)
 async def _invalid_request(request: Request, err: InvalidRequest) -> JSONResponse:
     return _error(422, err.field, err.message)
-
-
-def decode_image(data: str, max_side: int):
-    """A PIL image from base64 (optionally a ``data:`` URL); ``InvalidRequest`` if it is not one."""
-    from PIL import Image, UnidentifiedImageError
-
-    payload = data.split(",", 1)[1] if data.startswith("data:") else data
-    try:
-        raw = base64.b64decode(payload, validate=True)
-        image = Image.open(io.BytesIO(raw))
-        if max(image.size) > max_side:
-            raise InvalidRequest("source_image", f"is {image.size[0]}x{image.size[1]}; the limit is "
-                                 f"{max_side} pixels a side")
-        image.load()
-    except (binascii.Error, UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as err:
-        if isinstance(err, InvalidRequest):
-            raise
-        raise InvalidRequest("source_image", f"is not a base64 PNG or JPEG image ({err or type(err).__name__})") from None
-    return image.convert("RGB")
 
 
 @serve.deployment
@@ -217,17 +201,15 @@ class SliderServer:
         if steps > lim.max_steps:
             raise InvalidRequest("steps", f"is {steps}; the limit is {lim.max_steps}")
         size = {}
-        for field in ("width", "height"):
-            value = getattr(body, field) or DEFAULT_POINTS_SIZE
+        for field, native in zip(("width", "height"), m.native_size or (DEFAULT_POINTS_SIZE, DEFAULT_POINTS_SIZE)):
+            value = getattr(body, field) or native
             if value > lim.max_size:
                 raise InvalidRequest(field, f"is {value}; the limit is {lim.max_size}")
             size[field] = value
-        if body.source_image is not None:
-            decode_image(body.source_image, lim.max_size)
-            if not m.io.uses_source_image:
-                raise InvalidRequest("source_image", f"this {m.cfg.model.kind} model takes no source image")
+        source = m.check_inputs(body.prompt, body.source_image, lim.max_size)
         samples = lim.points_per_request if m.io.output_kind == "points" else 1
-        return GenerationSpec(preference, body.seed, steps, samples, body.prompt), size["width"], size["height"]
+        spec = GenerationSpec(preference, body.seed, steps, samples, body.prompt, source)
+        return spec, size["width"], size["height"]
 
     @serve.batch
     async def _generate_batch(self, specs: list[GenerationSpec]):

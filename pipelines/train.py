@@ -285,7 +285,7 @@ class Trainer:
 
                 if cfg.model.kind in MODEL_IO:
                     self.register()
-                else:  # the slider endpoint does not serve image backbones yet (issue 4 follow-up)
+                else:  # a kind without an inference contract (video: not yet)
                     console.print(f"not registering: model.kind={cfg.model.kind!r} has no serving support yet")
             self.tracker.end("FINISHED")
             return result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
@@ -17,6 +18,7 @@ from infra.checkpoint import (
     CheckpointError,
     atomic_write_bytes,
     atomic_write_text,
+    content_sha256,
     load_latest_checkpoint,
     save_checkpoint,
 )
@@ -213,3 +215,23 @@ def test_atomic_write_replaces_whole_file(tmp_path, monkeypatch):
     assert sorted(p.name for p in target.parent.iterdir()) == ["state.json"]
     atomic_write_bytes(target, b"new content")
     assert target.read_bytes() == b"new content"
+
+
+def test_content_sha256_of_a_file_and_of_a_directory(tmp_path):
+    blob = tmp_path / "base.pt"
+    blob.write_bytes(b"weights")
+    assert content_sha256(blob) == hashlib.sha256(b"weights").hexdigest()
+
+    def tree(root, files):
+        for name, data in files.items():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / name).write_bytes(data)
+        return content_sha256(root)
+
+    files = {"model_index.json": b"{}", "vae/config.json": b"{'a': 1}", "transformer/w.safetensors": b"\0" * 10}
+    digest = tree(tmp_path / "a", files)
+    assert tree(tmp_path / "b", dict(reversed(files.items()))) == digest  # order of creation, place: no matter
+    assert tree(tmp_path / "c", {**files, "vae/config.json": b"{'a': 2}"}) != digest
+    assert tree(tmp_path / "d", {**files, "extra.txt": b""}) != digest
+    moved = {("vae/w.safetensors" if k.startswith("transformer") else k): v for k, v in files.items()}
+    assert tree(tmp_path / "e", moved) != digest  # same bytes under another path

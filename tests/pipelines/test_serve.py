@@ -9,11 +9,9 @@ from __future__ import annotations
 import base64
 import io
 import json
-import shutil
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +21,7 @@ from ray import serve
 
 from pipelines.serve import deploy_slider
 from pipelines.slider_model import GenerationSpec, SliderModel
+from browser import browser  # noqa: F401 - fixture
 from slider_run import MODEL_NAME, cfg, model, target  # noqa: F401 - cfg, model: fixtures
 
 TOKEN = "test-token-123"
@@ -185,30 +184,6 @@ def test_concurrent_clients_are_batched_and_each_gets_its_own_answer(url, model)
 
 
 # ---- the page in a real browser -------------------------------------------------------------------
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-
-
-@pytest.fixture
-def browser(tmp_path, monkeypatch):
-    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
-        pytest.fail(f"{CHROMIUM} and {CHROMEDRIVER} are needed: run `make browser` (Debian chromium, chromium-driver)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager must not look for downloads
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                 f"--user-data-dir={tmp_path / 'chrome'}", "--window-size=1100,800"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(30)
-    yield driver
-    driver.quit()
-    shutil.rmtree(tmp_path / "chrome", ignore_errors=True)
-
-
 def test_page_slider_changes_the_picture(url, browser, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys

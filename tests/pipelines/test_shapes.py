@@ -1,5 +1,6 @@
 """The shapes editing world end to end, shortened for CI: pre-train a tiny Kontext-style base,
-train through the Ray spine (Serve rewards with source images, DeepSpeed learner, MLflow). Slow."""
+train through the Ray spine (Serve rewards with source images, DeepSpeed learner, MLflow), register
+the slider and edit with it. Slow."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
+from image_slider_run import source_png
 from infra.checkpoint import load_latest_checkpoint
 from infra.config import load_config
+from pipelines.registry import load_slider
+from pipelines.slider_model import GenerationSpec
 
 
 @pytest.mark.slow
@@ -36,3 +40,10 @@ def test_shapes_edit_pretrain_then_train_logs_the_slider_grid(ray_local, tmp_pat
     run_id = blob["loop"]["mlflow_run_id"]
     assert {"eval/sweep.parquet", "eval/sweep_grid.png"} <= {a.path for a in client.list_artifacts(run_id, "eval")}
     assert "reward/fidelity" in client.get_run(run_id).data.metrics
+
+    # Training ends by registering the editing slider; the registered model edits a source image.
+    assert client.get_run(run_id).data.tags["paretoslider.registered_model"] == "models:/shapes_edit/1"
+    slider = load_slider("models:/shapes_edit/1", cfg.tracking.tracking_uri)
+    source = slider.check_inputs("make the square red", source_png(size=32))
+    edited = slider.generate([GenerationSpec((0.5, 0.5), 0, 3, 1, "make the square red", source)])[0]
+    assert edited.shape == (1, 32, 32, 3) and edited.dtype == np.uint8
