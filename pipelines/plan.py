@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from infra.config import Config
+from pipelines.pretrain import base_location
 from reward_servers.registry import check_args
 
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
@@ -84,7 +85,7 @@ def trainable_weights(cfg: Config) -> SyncedWeights:
         cls = BACKBONES[cfg.model.kind]
         transformer_cls = getattr(diffusers, cls.transformer_class)
         config, vae_config, source = _read_configs(transformer_cls, getattr(diffusers, cls.vae_class),
-                                                    cfg.model.diffusers.pretrained or cfg.pretrain.checkpoint)
+                                                    str(base_location(cfg)))
         # Every tensor on meta, buffers included: SD3.5's 384 x 384 sin-cos position table alone
         # would take seconds and ~1 GiB on the CPU.
         with torch.device("meta"):
@@ -118,10 +119,9 @@ def describe_plan(cfg: Config) -> str:
     w = trainable_weights(cfg)
     image = cfg.model.kind != "toy2d"
     dtype = cfg.model.diffusers.dtype if image else "fp32"
-    base = (cfg.model.diffusers.pretrained or cfg.pretrain.checkpoint) if image else cfg.pretrain.checkpoint
     d = cfg.model.diffusers
     lines = [
-        f"plan for '{cfg.name}' (model.kind={cfg.model.kind}, base={base})",
+        f"plan for '{cfg.name}' (model.kind={cfg.model.kind}, base={base_location(cfg)})",
         f"  config: {w.config_source}" + (f"; {d.height}x{d.width} px, {dtype}, gradient checkpointing "
                                           f"{'on' if d.gradient_checkpointing else 'off'}" if image else ""),
         "pools:",
