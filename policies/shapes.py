@@ -150,13 +150,16 @@ def read_scene(image: np.ndarray, threshold: float = 0.3) -> SceneReading:
     return SceneReading(bg, image[mask].mean(0), float(mask.sum() / box), float(mask.mean()))
 
 
-def attribute_accuracy(images: np.ndarray, prompts: list[str]) -> dict[str, float]:
-    """Share of images whose read shape / colour / background matches what the prompt asks for."""
+def attribute_accuracy(images: np.ndarray, prompts: list[str],
+                       readings: list[dict[str, str | None]] | None = None) -> dict[str, float]:
+    """Share of images whose shape / colour / background matches what the prompt asks for, as read
+    by :func:`read_scene` or given as ``readings`` (one ``{attribute: value}`` per image)."""
+    if readings is None:
+        readings = [{k: getattr(r, k) for k in ("shape", "colour", "background")} for r in map(read_scene, images)]
     hits: dict[str, list[bool]] = {"shape": [], "colour": [], "background": []}
-    for img, prompt in zip(images, prompts):
-        reading = read_scene(img)
+    for reading, prompt in zip(readings, prompts):
         for key, want in parse_prompt(prompt).items():
-            hits[key].append(getattr(reading, key) == want)
+            hits[key].append(reading[key] == want)
     out = {k: float(np.mean(v)) for k, v in hits.items() if v}
     out["all"] = float(np.mean([x for v in hits.values() for x in v]))
     return out

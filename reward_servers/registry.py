@@ -18,7 +18,7 @@ RewardFactory = Callable[..., Reward]
 
 _BUILTIN_MODULES = ("reward_servers.toy2d", "reward_servers.simulated", "reward_servers.vlm_judge",
                     "reward_servers.clip_scores", "reward_servers.fidelity", "reward_servers.ocr",
-                    "reward_servers.shapes")
+                    "reward_servers.shapes", "reward_servers.shapes_classifier")
 _REGISTRY: dict[str, RewardFactory] = {}
 _builtins_loaded = False
 

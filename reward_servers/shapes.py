@@ -28,7 +28,7 @@ from reward_servers.base import RewardInputs
 from reward_servers.registry import register
 
 
-def _images(batch: RewardInputs, reward: str, field: str = "samples") -> np.ndarray:
+def channels_last_images(batch: RewardInputs, reward: str, field: str = "samples") -> np.ndarray:
     """The batch's images channels last ``[B, H, W, 3]`` (the renderer's layout) from the reward
     servers' ``[B, 3, H, W]``."""
     x = getattr(batch, field)
@@ -71,7 +71,7 @@ class ShapesAdherence:
         return float(np.mean(terms)) if terms else 0.0
 
     def score(self, batch: RewardInputs) -> np.ndarray:
-        images = _images(batch, self.name)
+        images = channels_last_images(batch, self.name)
         return np.array([self.score_one(img, p) for img, p in zip(images, batch.prompts)], dtype=np.float32)
 
 
@@ -85,7 +85,8 @@ class ShapesArea:
     direction = "max"
 
     def score(self, batch: RewardInputs) -> np.ndarray:
-        return np.array([shapes.read_scene(img).area for img in _images(batch, self.name)], dtype=np.float32)
+        images = channels_last_images(batch, self.name)
+        return np.array([shapes.read_scene(img).area for img in images], dtype=np.float32)
 
 
 def ssim(a: np.ndarray, b: np.ndarray, sigma: float = 1.5, k1: float = 0.01, k2: float = 0.03) -> np.ndarray:
@@ -111,7 +112,8 @@ class SsimToSource:
     direction = "max"
 
     def score(self, batch: RewardInputs) -> np.ndarray:
-        images, sources = _images(batch, self.name), _images(batch, self.name, "source_images")
+        images = channels_last_images(batch, self.name)
+        sources = channels_last_images(batch, self.name, "source_images")
         if images.shape != sources.shape:
             raise ValueError(f"{self.name}: images {images.shape} and source images {sources.shape} differ in shape")
         return ssim(images, sources).astype(np.float32)
@@ -150,7 +152,7 @@ class FeatureDistanceToSource:
         self.features = RandomConvFeatures(seed=seed)
 
     def score(self, batch: RewardInputs) -> np.ndarray:
-        fa = self.features(torch.from_numpy(_images(batch, self.name)))
-        fb = self.features(torch.from_numpy(_images(batch, self.name, "source_images")))
+        fa = self.features(torch.from_numpy(channels_last_images(batch, self.name)))
+        fb = self.features(torch.from_numpy(channels_last_images(batch, self.name, "source_images")))
         d = sum(((a - b) ** 2).sum(1).mean((1, 2)) for a, b in zip(fa, fb))
         return d.numpy().astype(np.float32)
