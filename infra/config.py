@@ -297,6 +297,9 @@ class AlgorithmConfig(Strict):
     """``late``: per-objective group-normalised advantages weighted by w (ParetoSlider);
     ``early``: reward = fixed weighted sum, normalised once (fixed-weight baselines);
     ``tchebycheff``: ``-max_m w_m (1 - r~_m)`` on batch-range-normalised rewards (reaches concave fronts)."""
+    adv_std: Literal["group", "batch"] = "group"
+    """Divide the group-centred rewards by the group's std (flow_grpo / DiffusionNFT default) or by the
+    batch's (flow_grpo ``global_std``: a group whose samples score alike keeps advantage ~0)."""
     fixed_preference: list[float] | None = None
     """Train every sample at this single ``w`` instead of sampling (fixed-weight baselines)."""
     adv_clip: float = Field(5.0, gt=0)

@@ -20,31 +20,40 @@ def orient_rewards(rewards: torch.Tensor, directions: list[str]) -> torch.Tensor
     return rewards * sign
 
 
-def group_normalise(x: torch.Tensor, g: torch.Tensor, eps: float = ADV_EPS) -> torch.Tensor:
-    """``(x - mean_group) / (std_group + eps)`` per column; population std, current batch only."""
+def group_normalise(x: torch.Tensor, g: torch.Tensor, eps: float = ADV_EPS, std: str = "group") -> torch.Tensor:
+    """``(x - mean_group) / (std + eps)`` per column; population std of the group (``std="group"``)
+    or of the whole batch (``"batch"``: flow_grpo's ``global_std``), current batch only.
+
+    The batch std keeps a group whose samples all score alike (a saturated reward) at advantage ~0
+    instead of blowing its tiny differences up to +-1."""
     num_groups = int(g.max()) + 1
     x2 = x if x.dim() == 2 else x[:, None]
     counts = torch.zeros(num_groups, dtype=x2.dtype).index_add_(0, g, torch.ones_like(g, dtype=x2.dtype))
     sums = torch.zeros(num_groups, x2.shape[1], dtype=x2.dtype).index_add_(0, g, x2)
     mean = sums / counts[:, None]
-    sq = torch.zeros_like(sums).index_add_(0, g, (x2 - mean[g]) ** 2)
-    std = (sq / counts[:, None]).sqrt()
-    out = (x2 - mean[g]) / (std[g] + eps)
+    if std == "group":
+        sq = torch.zeros_like(sums).index_add_(0, g, (x2 - mean[g]) ** 2)
+        scale = (sq / counts[:, None]).sqrt()[g]
+    elif std == "batch":
+        scale = x2.std(dim=0, unbiased=False, keepdim=True)
+    else:
+        raise ValueError(f"algorithm.adv_std must be one of ['group', 'batch'], got {std!r}")
+    out = (x2 - mean[g]) / (scale + eps)
     return out if x.dim() == 2 else out[:, 0]
 
 
-def late_advantages(rewards: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+def late_advantages(rewards: torch.Tensor, g: torch.Tensor, std: str = "group") -> torch.Tensor:
     """ParetoSlider's late scalarisation: ``A_m`` normalised per objective inside each group ``[B, M]``.
     The loss weights them by ``w`` afterwards."""
-    return group_normalise(rewards, g)
+    return group_normalise(rewards, g, std=std)
 
 
-def early_advantages(rewards: torch.Tensor, w: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+def early_advantages(rewards: torch.Tensor, w: torch.Tensor, g: torch.Tensor, std: str = "group") -> torch.Tensor:
     """Early scalarisation (fixed-weight baselines): normalise ``sum_m w_m r_m`` inside each group ``[B, 1]``."""
-    return group_normalise((rewards * w).sum(dim=1, keepdim=True), g)
+    return group_normalise((rewards * w).sum(dim=1, keepdim=True), g, std=std)
 
 
-def tchebycheff_advantages(rewards: torch.Tensor, w: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+def tchebycheff_advantages(rewards: torch.Tensor, w: torch.Tensor, g: torch.Tensor, std: str = "group") -> torch.Tensor:
     """Tchebycheff scalarisation, normalised inside each group ``[B, 1]``.
 
     Each objective is scaled to ``[0, 1]`` by its range over the whole batch (estimated nadir and
@@ -56,22 +65,23 @@ def tchebycheff_advantages(rewards: torch.Tensor, w: torch.Tensor, g: torch.Tens
     """
     lo, hi = rewards.min(dim=0).values, rewards.max(dim=0).values
     shortfall = 1 - (rewards - lo) / (hi - lo + ADV_EPS)
-    return group_normalise(-(w * shortfall).max(dim=1, keepdim=True).values, g)
+    return group_normalise(-(w * shortfall).max(dim=1, keepdim=True).values, g, std=std)
 
 
-def advantage_terms(rewards: torch.Tensor, w: torch.Tensor, g: torch.Tensor,
-                    scalarisation: str) -> tuple[torch.Tensor, torch.Tensor]:
+def advantage_terms(rewards: torch.Tensor, w: torch.Tensor, g: torch.Tensor, scalarisation: str,
+                    std: str = "group") -> tuple[torch.Tensor, torch.Tensor]:
     """Advantages ``A [B, K]`` and the weights ``lambda [B, K]`` the loss applies to them.
 
     late: ``K = M`` and ``lambda = w``; early and tchebycheff: ``K = 1`` and ``lambda = 1``.
+    ``std``: what the advantages are divided by (see :func:`group_normalise`).
     """
     if scalarisation == "late":
-        return late_advantages(rewards, g), w
+        return late_advantages(rewards, g, std), w
     ones = torch.ones(w.shape[0], 1, dtype=w.dtype)
     if scalarisation == "early":
-        return early_advantages(rewards, w, g), ones
+        return early_advantages(rewards, w, g, std), ones
     if scalarisation == "tchebycheff":
-        return tchebycheff_advantages(rewards, w, g), ones
+        return tchebycheff_advantages(rewards, w, g, std), ones
     raise ValueError(f"scalarisation must be one of ['late', 'early', 'tchebycheff'], got {scalarisation!r}")
 
 

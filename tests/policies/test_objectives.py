@@ -1,6 +1,7 @@
 """Objectives against independent numpy / hand computations."""
 
 import numpy as np
+import pytest
 import torch
 
 from policies.objectives import (early_advantages, ema_update, grpo_loss, group_normalise, late_advantages,
@@ -30,6 +31,20 @@ def test_group_normalise_1d_and_zero_variance_group():
     out = group_normalise(x, g)
     assert out[:2].abs().max() == 0  # constant group -> no signal, not NaN
     np.testing.assert_allclose(out[2:].numpy(), [-1 / (1 + 1e-4), 1 / (1 + 1e-4)], rtol=1e-6)
+
+
+def test_batch_std_keeps_a_saturated_group_near_zero():
+    """flow_grpo's global std: centred per group, scaled by the batch's population std per column
+    (numpy); a group whose rewards differ by 1e-3 stays near 0 instead of +-1 under the group std."""
+    r = np.array([[0.999, 0.5], [0.998, 0.7], [0.2, 0.6], [0.9, 0.4]])
+    g = np.array([0, 0, 1, 1])
+    got = late_advantages(torch.tensor(r), torch.tensor(g), std="batch").numpy()
+    means = np.stack([r[g == k].mean(0) for k in range(2)])[g]
+    np.testing.assert_allclose(got, (r - means) / (r.std(0) + 1e-4), rtol=1e-10)
+    assert np.abs(got[:2, 0]).max() < 0.01
+    assert np.abs(late_advantages(torch.tensor(r), torch.tensor(g)).numpy()[:2, 0]).min() > 0.8
+    with pytest.raises(ValueError, match="adv_std"):
+        group_normalise(torch.tensor(r), torch.tensor(g), std="global")
 
 
 def test_early_advantages_normalise_weighted_sum():
