@@ -6,7 +6,8 @@
    text encoders, as SD3 keeps its encoders frozen) and the transformer learns rectified flow on
    them: captions -> images (SD3 kind), or instruction + source latents -> edited image (FLUX.1
    Kontext kind), logit-normal ``t`` (SD3's choice), ``pretrain.caption_dropout`` empty prompts.
-3. The base is measured on fresh samples with the analytic reader of ``policies.shapes`` and saved
+3. The base is measured on fresh samples — by the shapes classifier (``reward_servers.shapes_classifier``)
+   and the analytic reader of ``policies.shapes``, without and with classifier-free guidance — and saved
    with ``save_pretrained``: a directory that ``from_pretrained`` loads like a hub checkpoint.
 """
 
@@ -26,9 +27,11 @@ from infra.config import Config
 from policies import shapes
 from policies.batch import Condition
 from policies.diffusers_backbones import BACKBONES, DiffusersBackbone
+from policies.rollout import guided_velocity
 from policies.samplers import ode_sample
 from policies.tiny_models import TINY_BUILDERS
 from reward_servers.shapes import ssim
+from reward_servers.shapes_classifier import classifier_accuracy, load_classifier
 
 EVAL_STEPS = 20
 """ODE steps used to measure the base."""
@@ -107,18 +110,24 @@ def flow_matching_step(backbone: DiffusersBackbone, data: LatentDataset, idx: np
 
 @torch.no_grad()
 def generate(backbone: DiffusersBackbone, prompts: list[str], sources: np.ndarray | None,
-             gen: torch.Generator, batch: int = 64) -> np.ndarray:
+             gen: torch.Generator, guidance_scale: float = 1.0, batch: int = 64) -> np.ndarray:
+    """Decoded ODE samples for ``prompts`` (and sources), with classifier-free guidance when > 1."""
     out = []
     for a in range(0, len(prompts), batch):
-        cond = backbone.encode_condition(prompts[a:a + batch], None if sources is None else sources[a:a + batch])
-        noise = torch.randn((len(prompts[a:a + batch]), *backbone.sample_shape), generator=gen)
-        x0 = ode_sample(lambda x, t, w: backbone(x, t, None, cond), noise, None, EVAL_STEPS)
-        out.append(backbone.decode(x0).numpy())
+        chunk, src = prompts[a:a + batch], None if sources is None else sources[a:a + batch]
+        cond = backbone.encode_condition(chunk, src)
+        uncond = backbone.encode_condition([""] * len(chunk), src) if guidance_scale > 1 else None
+        v = guided_velocity(lambda x, t, w, c: backbone(x, t, None, c), cond, uncond, guidance_scale)
+        noise = torch.randn((len(chunk), *backbone.sample_shape), generator=gen)
+        out.append(backbone.decode(ode_sample(v, noise, None, EVAL_STEPS)).numpy())
     return np.concatenate(out)
 
 
 def measure_base(backbone: DiffusersBackbone, cfg: Config, edit: bool) -> dict[str, float]:
-    """Caption accuracy of generated images (and, for edits, SSIM to the source)."""
+    """How well generated images follow their prompts, without and with the rollouts' guidance:
+    ``cfg<s>/classifier/<attribute>`` (the shapes classifier, the measure we report) and
+    ``cfg<s>/reader/<attribute>`` (the analytic reader); for edits also the background kept and the
+    SSIM to the source."""
     n, size = cfg.pretrain.eval_samples, cfg.model.tiny.image_size
     rng = np.random.default_rng(cfg.pretrain.seed + 1)
     if edit:
@@ -126,13 +135,20 @@ def measure_base(backbone: DiffusersBackbone, cfg: Config, edit: bool) -> dict[s
     else:
         captions = shapes.caption_grid()
         prompts, sources = [captions[i % len(captions)] for i in range(n)], None
-    images = generate(backbone, prompts, sources, torch.Generator().manual_seed(cfg.pretrain.seed + 1))
-    metrics = {f"accuracy/{k}": v for k, v in shapes.attribute_accuracy(images, prompts).items()}
+    classifier = load_classifier()
+    metrics = {}
+    for scale in sorted({1.0, cfg.rollout.sampler.guidance_scale}):
+        images = generate(backbone, prompts, sources, torch.Generator().manual_seed(cfg.pretrain.seed + 1), scale)
+        key = f"cfg{scale:g}"
+        learned = classifier_accuracy(classifier, images, prompts)
+        metrics.update({f"{key}/classifier/{k}": v for k, v in learned.items()})
+        metrics.update({f"{key}/reader/{k}": v for k, v in shapes.attribute_accuracy(images, prompts).items()})
+        if edit:
+            # The instruction names the new colour and the shape; the background must stay the source's.
+            kept = [shapes.read_scene(i).background == shapes.read_scene(s).background for i, s in zip(images, sources)]
+            metrics[f"{key}/background_kept"] = float(np.mean(kept))
+            metrics[f"{key}/ssim_to_source"] = float(ssim(images, sources).mean())
     if edit:
-        # The instruction names the new colour and the shape; the background must stay the source's.
-        kept = [shapes.read_scene(i).background == shapes.read_scene(s).background for i, s in zip(images, sources)]
-        metrics["accuracy/background_kept"] = float(np.mean(kept))
-        metrics["ssim_to_source"] = float(ssim(images, sources).mean())
         metrics["ssim_target_to_source"] = float(ssim(targets, sources).mean())
     return metrics
 

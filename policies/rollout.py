@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -63,6 +64,13 @@ def conditioned_velocity(policy: Policy, cond: Condition | None, uncond: Conditi
     def v(x: torch.Tensor, t: torch.Tensor, w: torch.Tensor | None, c: Condition | None) -> torch.Tensor:
         return policy.reference_velocity(x, t, c) if reference else policy.velocity(x, t, w, c)
 
+    return guided_velocity(v, cond, uncond, guidance_scale)
+
+
+def guided_velocity(v: Callable[..., torch.Tensor], cond: Condition | None, uncond: Condition | None,
+                    guidance_scale: float) -> VelocityFn:
+    """``v(x, t, w, c)`` -> ``v(x, t, w)`` under ``cond``, with classifier-free guidance
+    ``v_u + s (v_c - v_u)`` when ``uncond`` is set."""
     if uncond is None:
         return lambda x, t, w: v(x, t, w, cond)
 

@@ -29,7 +29,8 @@ def test_shapes_edit_pretrain_then_train_logs_the_slider_grid(ray_local, tmp_pat
         "rollout.prompts_per_step=2", "rollout.group_size=4", "rollout.sampler.num_steps=3"])
     result = train(cfg, progress=False)
     metrics = json.loads((tmp_path / "base" / "pretrain_metrics.json").read_text())
-    assert 0 <= metrics["accuracy/all"] <= 1 and metrics["ssim_target_to_source"] > 0.5
+    assert 0 <= metrics["cfg1/classifier/all"] <= 1 and 0 <= metrics["cfg1/reader/all"] <= 1
+    assert metrics["ssim_target_to_source"] > 0.5
     assert result.rewards.shape == (5, 2) and np.isfinite(result.rewards).all()
     assert result.samples[0].shape == (8, 3, 32, 32)  # the reward layout, channels first
 
@@ -51,14 +52,15 @@ def test_shapes_edit_pretrain_then_train_logs_the_slider_grid(ray_local, tmp_pat
 
 @pytest.mark.slow
 def test_shapes_pretrain_shortened_follows_colours_and_backgrounds(tmp_path):
-    """600 transformer steps (the preset runs 3,000): colour and background follow the caption well
-    above chance (1/6 and 1/3), read on fresh samples by the analytic reader. Shapes are not asserted:
-    even the full pre-train leaves them near chance (README, the shapes world)."""
+    """600 transformer steps (the preset runs 6,000): colour and background follow the caption well
+    above chance (1/6 and 1/3), read on fresh samples by the shapes classifier, with and without
+    guidance. Shapes are not asserted: they need the full pre-train and guidance (README, the shapes world)."""
     from pipelines.pretrain_shapes import pretrain_shapes
 
     cfg = load_config("configs/shapes.yaml", [
         "pretrain.steps=600", "pretrain.vae_steps=150", "pretrain.dataset_size=512", "pretrain.eval_samples=54"])
     path = pretrain_shapes(cfg, tmp_path / "base", progress=False)
     metrics = json.loads((path / "pretrain_metrics.json").read_text())
-    assert metrics["accuracy/colour"] > 0.35 and metrics["accuracy/background"] > 0.8, metrics
+    for scale in ("cfg1", "cfg3"):
+        assert metrics[f"{scale}/classifier/colour"] > 0.35 and metrics[f"{scale}/classifier/background"] > 0.8, metrics
     assert (path / "model_index.json").is_file()
