@@ -32,21 +32,12 @@ FIDELITY = {"ssim_to_source": 1.0, "feature_distance_to_source": -1.0}
 
 
 def partial_edits(n: int, a: float, seed: int) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """``(instructions, sources, edits)`` with the shape recoloured a fraction ``a`` of the way."""
+    """``(instructions, sources, edits)``: each edit is the source blended with the true edit by ``a``
+    (they differ only on the shape, so this recolours it a fraction ``a`` of the way)."""
     rng = np.random.default_rng(seed)
-    prompts, sources, edits = [], [], []
-    for _ in range(n):
-        scene = shapes.random_scene(rng, 32)
-        others = [c for c in shapes.SHAPE_COLOURS if c != scene.colour]
-        new = others[rng.integers(len(others))]
-        src = shapes.render(scene, 32)
-        img = src.copy()
-        img[shapes.shape_mask(scene, 32)] = ((1 - a) * np.asarray(shapes.SHAPE_COLOURS[scene.colour])
-                                             + a * np.asarray(shapes.SHAPE_COLOURS[new]))
-        prompts.append(shapes.edit_instruction(scene, new))
-        sources.append(src)
-        edits.append(img)
-    return prompts, np.stack(sources), np.stack(edits)
+    prompts, sources, targets = zip(*(shapes.edit_example(rng, 32) for _ in range(n)))
+    sources, targets = np.stack(sources), np.stack(targets)
+    return list(prompts), sources, ((1 - a) * sources + a * targets).astype(np.float32)
 
 
 def main() -> None:
