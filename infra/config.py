@@ -142,7 +142,8 @@ class PretrainConfig(Strict):
     dataset_size: int = Field(2048, ge=16)
     """Shapes world: examples rendered and encoded once for the transformer's pre-training."""
     caption_dropout: float = Field(0.1, ge=0, lt=1)
-    """Shapes world: share of empty prompts, so the base also models the unconditional flow (CFG)."""
+    """Shapes world: share of empty prompts, so the base also models the unconditional flow (CFG); an edit
+    with an empty instruction learns to keep the source."""
     eval_samples: int = Field(216, ge=1)
     """Shapes world: generated images on which the caption accuracy of the base is measured."""
 

@@ -31,7 +31,7 @@ from policies.rollout import guided_velocity
 from policies.samplers import ode_sample
 from policies.tiny_models import TINY_BUILDERS
 from reward_servers.shapes import ssim
-from reward_servers.shapes_classifier import classifier_accuracy, load_classifier
+from reward_servers.shapes_classifier import classifier_accuracy, classifier_readings, load_classifier
 
 EVAL_STEPS = 20
 """ODE steps used to measure the base."""
@@ -97,11 +97,15 @@ def encode_dataset(backbone: DiffusersBackbone, cfg: Config, rng: np.random.Gene
 
 def flow_matching_step(backbone: DiffusersBackbone, data: LatentDataset, idx: np.ndarray, drop: np.ndarray,
                        gen: torch.Generator) -> torch.Tensor:
-    """Rectified-flow loss ``||v(x_t, t, c) - (eps - x0)||^2`` on examples ``idx`` (``drop``: empty prompt)."""
+    """Rectified-flow loss ``||v(x_t, t, c) - (eps - x0)||^2`` on examples ``idx`` (``drop``: empty prompt).
+
+    An edit with its instruction dropped learns to return the source: an empty instruction asks for
+    no change, so the unconditional branch of classifier-free guidance is the copy, not a blur of edits."""
     x0 = data.latents[idx]
     cond = data.conditions.rows(torch.from_numpy(np.where(drop, 0, data.prompt_index[idx])))
     if data.sources is not None:
         cond.source = data.sources[idx]
+        x0 = torch.where(torch.from_numpy(drop).view(-1, 1, 1, 1), cond.source, x0)
     t = torch.sigmoid(torch.randn(x0.shape[0], generator=gen))
     eps = torch.randn(x0.shape, generator=gen)
     t_ = t.view(-1, 1, 1, 1)
@@ -126,8 +130,9 @@ def generate(backbone: DiffusersBackbone, prompts: list[str], sources: np.ndarra
 def measure_base(backbone: DiffusersBackbone, cfg: Config, edit: bool) -> dict[str, float]:
     """How well generated images follow their prompts, without and with the rollouts' guidance:
     ``cfg<s>/classifier/<attribute>`` (the shapes classifier, the measure we report) and
-    ``cfg<s>/reader/<attribute>`` (the analytic reader); for edits also the background kept and the
-    SSIM to the source."""
+    ``cfg<s>/reader/<attribute>`` (the analytic reader); for edits also ``cfg<s>/kept_unasked`` (share of
+    the attributes an instruction does not change that keep the source's value, by the classifier) and
+    the SSIM to the source."""
     n, size = cfg.pretrain.eval_samples, cfg.model.tiny.image_size
     rng = np.random.default_rng(cfg.pretrain.seed + 1)
     if edit:
@@ -144,9 +149,10 @@ def measure_base(backbone: DiffusersBackbone, cfg: Config, edit: bool) -> dict[s
         metrics.update({f"{key}/classifier/{k}": v for k, v in learned.items()})
         metrics.update({f"{key}/reader/{k}": v for k, v in shapes.attribute_accuracy(images, prompts).items()})
         if edit:
-            # The instruction names the new colour and the shape; the background must stay the source's.
-            kept = [shapes.read_scene(i).background == shapes.read_scene(s).background for i, s in zip(images, sources)]
-            metrics[f"{key}/background_kept"] = float(np.mean(kept))
+            read, read_src = classifier_readings(classifier, images), classifier_readings(classifier, sources)
+            kept = [r[a] == r_src[a] for r, r_src, p in zip(read, read_src, prompts)
+                    for a in shapes.EDITABLE if a not in shapes.parse_prompt(p)]
+            metrics[f"{key}/kept_unasked"] = float(np.mean(kept))
             metrics[f"{key}/ssim_to_source"] = float(ssim(images, sources).mean())
     if edit:
         metrics["ssim_target_to_source"] = float(ssim(targets, sources).mean())

@@ -1,7 +1,9 @@
 """The shapes world: procedural images of one coloured shape on a plain background, with captions.
 
 Text-to-image: ``"a red circle on a gray background"`` -> the rendered scene (random position and
-size). Editing: a source scene + ``"make the circle blue"`` -> the same scene with the shape recoloured.
+size). Editing: a source scene + an instruction that changes one to three of its attributes
+(``"make the circle blue"``, ``"make the circle a red square on a white background"``,
+``"make the background black"``) -> the edited scene (same position and size).
 :func:`read_scene` is the analytic classifier used both as the adherence reward and to measure how
 well a pre-trained base follows captions: the background is the median border colour, the shape
 is every pixel far from it, its colour is the nearest palette entry to the shape's mean colour and
@@ -13,7 +15,8 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -26,6 +29,8 @@ SHAPES = ("circle", "square", "triangle")
 FILL_RATIO = {"square": 1.0, "circle": math.pi / 4, "triangle": 0.5}
 """Share of its bounding box a shape covers; what :func:`read_scene` reads the kind from."""
 WORDS = [*SHAPE_COLOURS, *BACKGROUNDS, *SHAPES]
+EDITABLE = ("shape", "colour", "background")
+"""The attributes an edit instruction can change."""
 
 
 @dataclass(frozen=True)
@@ -42,7 +47,7 @@ class Scene:
         return f"a {self.colour} {self.shape} on a {self.background} background"
 
     def recoloured(self, colour: str) -> Scene:
-        return Scene(self.shape, colour, self.background, self.cx, self.cy, self.half)
+        return replace(self, colour=colour)
 
 
 def random_scene(rng: np.random.Generator, size: int, shape: str | None = None, colour: str | None = None,
@@ -80,29 +85,64 @@ def caption_grid() -> list[str]:
 
 
 def parse_prompt(prompt: str) -> dict[str, str]:
-    """The attributes a caption or an edit instruction asks for: ``shape``, ``colour``, ``background``."""
+    """The attributes a caption or an edit instruction asks for: ``shape``, ``colour``, ``background``
+    (the last shape named wins: ``"make the circle a square"`` asks for a square)."""
     words = re.findall(r"[a-z]+", prompt.lower())
     out = {}
     for i, w in enumerate(words):
         if w in SHAPES:
             out["shape"] = w
-        elif w in BACKGROUNDS and i + 1 < len(words) and words[i + 1] == "background":
+        elif w in BACKGROUNDS and "background" in words[max(i - 1, 0):i + 2]:
             out["background"] = w
         elif w in SHAPE_COLOURS:
             out["colour"] = w
     return out
 
 
-def edit_instruction(scene: Scene, colour: str) -> str:
-    return f"make the {scene.shape} {colour}"
+@dataclass(frozen=True)
+class Edit:
+    """A source scene and the scene its instruction asks for."""
+
+    source: Scene
+    target: Scene
+
+    @property
+    def changed(self) -> tuple[str, ...]:
+        return tuple(a for a in EDITABLE if getattr(self.source, a) != getattr(self.target, a))
+
+    def instruction(self) -> str:
+        s, t, changed = self.source, self.target, self.changed
+        if "shape" in changed:
+            head = f"make the {s.shape} a {t.colour + ' ' if 'colour' in changed else ''}{t.shape}"
+        elif "colour" in changed:
+            head = f"make the {s.shape} {t.colour}"
+        else:
+            return f"make the background {t.background}"
+        return head + (f" on a {t.background} background" if "background" in changed else "")
+
+    def partial(self, attributes: Iterable[str]) -> Scene:
+        """The source with only ``attributes`` changed as asked: an edit that does part of the instruction."""
+        return replace(self.source, **{a: getattr(self.target, a) for a in attributes})
+
+
+def random_edit(rng: np.random.Generator, size: int, num_changes: int | None = None) -> Edit:
+    """A random scene and an edit of ``num_changes`` (default: 1 to 3 at random) of its attributes."""
+    source = random_scene(rng, size)
+    k = int(rng.integers(1, len(EDITABLE) + 1)) if num_changes is None else num_changes
+    if not 1 <= k <= len(EDITABLE):
+        raise ValueError(f"num_changes must be 1..{len(EDITABLE)}, got {k}")
+    values = {"shape": SHAPES, "colour": list(SHAPE_COLOURS), "background": list(BACKGROUNDS)}
+    changes = {}
+    for attribute in rng.choice(EDITABLE, size=k, replace=False):
+        others = [v for v in values[attribute] if v != getattr(source, attribute)]
+        changes[str(attribute)] = others[rng.integers(len(others))]
+    return Edit(source, replace(source, **changes))
 
 
 def edit_example(rng: np.random.Generator, size: int) -> tuple[str, np.ndarray, np.ndarray]:
-    """``(instruction, source, target)``: recolour the shape of a random scene to another colour."""
-    scene = random_scene(rng, size)
-    others = [c for c in SHAPE_COLOURS if c != scene.colour]
-    colour = others[rng.integers(len(others))]
-    return edit_instruction(scene, colour), render(scene, size), render(scene.recoloured(colour), size)
+    """``(instruction, source, target)`` of a :func:`random_edit`."""
+    edit = random_edit(rng, size)
+    return edit.instruction(), render(edit.source, size), render(edit.target, size)
 
 
 def _nearest(rgb: np.ndarray, palette: dict[str, tuple[float, float, float]]) -> str:

@@ -11,7 +11,7 @@ drift), so it keeps telling corners from curves on soft images.
   run time) and ``python -m reward_servers.shapes_classifier`` rebuilds them.
 - ``shapes_classifier_adherence`` (registered reward): the mean over the attributes the prompt asks
   for of the classifier's probability of the asked value — a caption asks shape, colour and
-  background, an edit ("make the circle red") shape and colour.
+  background, an edit the attributes it changes (``"make the circle red"``: shape and colour).
 - :func:`classifier_accuracy`: the share of images whose most likely attributes match the prompt
   (how the pre-trained bases are measured).
 """
@@ -134,11 +134,15 @@ def attribute_probabilities(model: ShapesClassifier, images: np.ndarray) -> dict
     return {k: v.softmax(-1).numpy() for k, v in model(x).items()}
 
 
+def classifier_readings(model: ShapesClassifier, images: np.ndarray) -> list[dict[str, str]]:
+    """The most likely ``{shape, colour, background}`` of each channels-last image."""
+    probs = attribute_probabilities(model, images)
+    return [{k: ATTRIBUTES[k][int(p[i].argmax())] for k, p in probs.items()} for i in range(len(images))]
+
+
 def classifier_accuracy(model: ShapesClassifier, images: np.ndarray, prompts: list[str]) -> dict[str, float]:
     """Share of images whose most likely shape / colour / background is the one the prompt asks for."""
-    probs = attribute_probabilities(model, images)
-    readings = [{k: ATTRIBUTES[k][int(p[i].argmax())] for k, p in probs.items()} for i in range(len(images))]
-    return shapes.attribute_accuracy(images, prompts, readings)
+    return shapes.attribute_accuracy(images, prompts, classifier_readings(model, images))
 
 
 @register("shapes_classifier_adherence")
