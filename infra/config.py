@@ -301,6 +301,10 @@ class AlgorithmConfig(Strict):
     adv_std: Literal["group", "batch"] = "group"
     """Divide the group-centred rewards by the group's std (flow_grpo / DiffusionNFT default) or by the
     batch's (flow_grpo ``global_std``: a group whose samples score alike keeps advantage ~0)."""
+    reward_scale: Literal["none", "batch_std"] = "none"
+    """Early scalarisation only: ``batch_std`` divides each objective by its std over the batch before
+    the weighted sum, so ``w`` weighs commensurate units and the slider keeps the front's slopes
+    (``policies.objectives.early_advantages``)."""
     fixed_preference: list[float] | None = None
     """Train every sample at this single ``w`` instead of sampling (fixed-weight baselines)."""
     adv_clip: float = Field(5.0, gt=0)

@@ -100,7 +100,7 @@ def trainable_weights(cfg: Config) -> SyncedWeights:
 
 def describe_plan(cfg: Config) -> str:
     """The plan as text (raises ``ValueError`` naming the field for what cannot run)."""
-    ro, lc, rw = cfg.rollout, cfg.learner, cfg.rewards
+    ro, lc, rw, al = cfg.rollout, cfg.learner, cfg.rewards, cfg.algorithm
     objectives = []
     for spec in rw.objectives:
         check_args(spec)  # unknown names and args the reward does not take fail here
@@ -142,6 +142,9 @@ def describe_plan(cfg: Config) -> str:
         f"  learner: {per_rank} samples per rank in {micro} micro-batch(es) of <= {lc.micro_batch_size}, "
         f"{cfg.algorithm.train_timesteps} timestep(s) each, {cfg.algorithm.objective}, lr {lc.lr:g} "
         f"(preference x{lc.pref_lr_mult:g}), clip {lc.grad_clip:g}",
+        f"  advantages: {al.scalarisation} scalarisation"
+        f"{', objectives in batch-std units' if al.scalarisation == 'early' and al.reward_scale == 'batch_std' else ''}"
+        f", divided by the {al.adv_std} std",
         "weights to sync per version:",
         f"  {w.tensors} tensors, {w.params:,} parameters (LoRA r={cfg.model.lora_rank} alpha={cfg.model.lora_alpha:g}: "
         f"{w.lora_params:,}; preference modules: {w.pref_params:,}) = "

@@ -48,8 +48,19 @@ def late_advantages(rewards: torch.Tensor, g: torch.Tensor, std: str = "group") 
     return group_normalise(rewards, g, std=std)
 
 
-def early_advantages(rewards: torch.Tensor, w: torch.Tensor, g: torch.Tensor, std: str = "group") -> torch.Tensor:
-    """Early scalarisation (fixed-weight baselines): normalise ``sum_m w_m r_m`` inside each group ``[B, 1]``."""
+def early_advantages(rewards: torch.Tensor, w: torch.Tensor, g: torch.Tensor, std: str = "group",
+                     scale: str = "none") -> torch.Tensor:
+    """Early scalarisation: normalise ``sum_m w_m r_m`` inside each group ``[B, 1]``.
+
+    ``scale="batch_std"`` first divides each objective by its std over the batch, so ``w`` weighs
+    commensurate units (a distance ranging over 3 and a probability over 1 count alike) while the
+    trade-off's slopes survive: unlike per-objective group normalisation (late), where moving along
+    the front gives ``A_1 ~ -A_2`` and the slider jumps at ``w = 0.5``, each ``w`` keeps the point of the
+    front whose supporting line has slope ``w_1 / w_2``."""
+    if scale == "batch_std":
+        rewards = rewards / (rewards.std(dim=0, unbiased=False, keepdim=True) + ADV_EPS)
+    elif scale != "none":
+        raise ValueError(f"algorithm.reward_scale must be one of ['none', 'batch_std'], got {scale!r}")
     return group_normalise((rewards * w).sum(dim=1, keepdim=True), g, std=std)
 
 
@@ -69,17 +80,18 @@ def tchebycheff_advantages(rewards: torch.Tensor, w: torch.Tensor, g: torch.Tens
 
 
 def advantage_terms(rewards: torch.Tensor, w: torch.Tensor, g: torch.Tensor, scalarisation: str,
-                    std: str = "group") -> tuple[torch.Tensor, torch.Tensor]:
+                    std: str = "group", scale: str = "none") -> tuple[torch.Tensor, torch.Tensor]:
     """Advantages ``A [B, K]`` and the weights ``lambda [B, K]`` the loss applies to them.
 
     late: ``K = M`` and ``lambda = w``; early and tchebycheff: ``K = 1`` and ``lambda = 1``.
-    ``std``: what the advantages are divided by (see :func:`group_normalise`).
+    ``std``: what the advantages are divided by (see :func:`group_normalise`); ``scale``: the early
+    scalarisation's per-objective scaling (see :func:`early_advantages`).
     """
     if scalarisation == "late":
         return late_advantages(rewards, g, std), w
     ones = torch.ones(w.shape[0], 1, dtype=w.dtype)
     if scalarisation == "early":
-        return early_advantages(rewards, w, g, std), ones
+        return early_advantages(rewards, w, g, std, scale), ones
     if scalarisation == "tchebycheff":
         return tchebycheff_advantages(rewards, w, g, std), ones
     raise ValueError(f"scalarisation must be one of ['late', 'early', 'tchebycheff'], got {scalarisation!r}")

@@ -38,6 +38,7 @@ def test_dry_run_prints_the_plan_and_rejects_unknown_rewards(tiny_pipeline):
     assert ok.exit_code == 0, ok.output
     assert "4 prompts x 2 preference slots = 8 groups x 8 samples = 64 samples" in ok.output
     assert "fidelity (feature_distance_to_source)" in ok.output and "weights to sync" in ok.output
+    assert "advantages: early scalarisation, objectives in batch-std units, divided by the group std" in ok.output
     bad = Config.model_validate({"rewards": {"objectives": [{"name": "nope"}]}})
     with pytest.raises(ValueError, match="unknown reward 'nope'"):
         describe_plan(bad)

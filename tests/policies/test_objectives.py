@@ -56,6 +56,22 @@ def test_early_advantages_normalise_weighted_sum():
     np.testing.assert_allclose(got, numpy_group_adv((r * w).sum(1, keepdims=True), g), rtol=1e-10)
 
 
+def test_early_advantages_with_batch_std_weigh_commensurate_units():
+    rng = np.random.default_rng(2)
+    r = rng.normal(size=(12, 2)) * [1.0, 30.0]  # the second objective's raw scale is 30x the first's
+    w = np.tile([0.5, 0.5], (12, 1))
+    g = np.repeat(np.arange(2), 6)
+    got = early_advantages(torch.tensor(r), torch.tensor(w), torch.tensor(g), scale="batch_std").numpy()
+    unit = r / r.std(0)  # numpy: each objective in units of its own batch std
+    np.testing.assert_allclose(got, numpy_group_adv((unit * w).sum(1, keepdims=True), g), atol=1e-3)
+    # Unscaled, the large objective decides alone; scaled, the two count alike.
+    raw = early_advantages(torch.tensor(r), torch.tensor(w), torch.tensor(g)).numpy()[:, 0]
+    assert np.corrcoef(raw, numpy_group_adv(r[:, 1:], g)[:, 0])[0, 1] > 0.99
+    assert np.corrcoef(got[:, 0], numpy_group_adv(unit[:, :1], g)[:, 0])[0, 1] > 0.3
+    with pytest.raises(ValueError, match="reward_scale"):
+        early_advantages(torch.tensor(r), torch.tensor(w), torch.tensor(g), scale="range")
+
+
 def test_orient_rewards_flips_min_objectives():
     r = torch.tensor([[1.0, 2.0]])
     assert orient_rewards(r, ["max", "min"]).tolist() == [[1.0, -2.0]]
