@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from policies.objectives import (early_advantages, ema_update, grpo_loss, group_normalise, late_advantages,
+from policies.objectives import (advantage_terms, early_advantages, ema_update, grpo_loss, group_normalise, late_advantages,
                                  nft_loss, nft_reward_weight, nft_x0_losses, old_policy_decay, orient_rewards)
 
 
@@ -138,3 +138,26 @@ def test_old_policy_decay_and_ema():
     target, source = [torch.zeros(3)], [torch.ones(3)]
     ema_update(target, source, 0.9)
     assert torch.allclose(target[0], torch.full((3,), 0.1))
+
+
+def test_batch_std_units_keep_the_fronts_slopes_where_late_scalarisation_jumps_at_one_half():
+    """Groups that each hold two neighbouring vertices of a convex front (the shapes editing front of
+    ``benchmarks/shapes_edit_front.py``: copy, one, two, three changes; adherence vs. -distance), at
+    many ``w``: the ``w1`` from which the group prefers the more adherent vertex."""
+    front = torch.tensor([[0.002, -0.682], [0.331, -0.996], [0.666, -1.551], [0.998, -3.948]], dtype=torch.float64)
+    ws = torch.linspace(0.05, 0.95, 19, dtype=torch.float64)
+    r = torch.cat([torch.stack([front[k], front[k + 1]]) for k in range(3) for _ in ws])
+    w = torch.stack([ws, 1 - ws], 1).repeat(3, 1).repeat_interleave(2, 0)
+    g = torch.arange(3 * len(ws)).repeat_interleave(2)
+
+    def switch_points(scalarisation: str, **kw) -> list[float]:
+        adv, lam = advantage_terms(r, w, g, scalarisation, **kw)
+        prefers_more = ((adv * lam).sum(1).view(3, len(ws), 2).diff(dim=2)[..., 0] > 0).int()
+        return [float(ws[int(row.argmax())]) for row in prefers_more]
+
+    # Batch-std units: each segment switches where w1 / w2 meets its slope in those units (steeper
+    # segments later), so every vertex is some w's choice and the slider walks through them.
+    early = switch_points("early", scale="batch_std")
+    assert early[0] < early[1] < early[2] and early[0] <= 0.3 and early[2] >= 0.65
+    # Per-group normalisation: every segment switches at w1 ~ 0.5, whatever its slope.
+    assert all(0.45 <= x <= 0.6 for x in switch_points("late"))
