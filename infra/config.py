@@ -296,7 +296,8 @@ class AlgorithmConfig(Strict):
     """``nft``: DiffusionNFT (paper default, ODE samples); ``grpo``: Flow-GRPO (needs sde sampler)."""
     scalarisation: Literal["late", "early", "tchebycheff"] = "late"
     """``late``: per-objective group-normalised advantages weighted by w (ParetoSlider);
-    ``early``: reward = fixed weighted sum, normalised once (fixed-weight baselines);
+    ``early``: reward = weighted sum, normalised once (fixed-weight baselines; with ``reward_scale:
+    batch_std`` also the slider of ``configs/shapes_edit.yaml``);
     ``tchebycheff``: ``-max_m w_m (1 - r~_m)`` on batch-range-normalised rewards (reaches concave fronts)."""
     adv_std: Literal["group", "batch"] = "group"
     """Divide the group-centred rewards by the group's std (flow_grpo / DiffusionNFT default) or by the
