@@ -9,7 +9,7 @@ one) and scores adherence (``shapes_classifier_adherence``) and fidelity (``ssim
 
 Prints the mean scores per partial edit and, per fidelity reward, the front's vertices in order of
 adherence with the fidelity each further third of the instruction costs. When that cost rises from
-vertex to vertex the front is convex, so a weighted sum of the two rewards (late scalarisation)
+vertex to vertex the front is convex, so a weighted sum of the two rewards (early scalarisation)
 has every vertex as its optimum for some preference: the slider walks from copy to full edit
 through the partial ones instead of jumping between the two ends.
 
@@ -35,14 +35,15 @@ FIDELITY = {"ssim_to_source": 1.0, "feature_distance_to_source": -1.0}
 """Fidelity rewards and their sign (distances: lower is more faithful)."""
 
 
-def partial_edit_scores(base, edits: list[shapes.Edit], adherence, fidelity) -> dict[tuple[str, ...], np.ndarray]:
-    """``{changes carried out: [adherence, *fidelity]}`` means over ``edits``."""
+def partial_edit_scores(base, edits: list[shapes.Edit], size: int, adherence,
+                        fidelity) -> dict[tuple[str, ...], np.ndarray]:
+    """``{changes carried out: [adherence, *fidelity]}`` means over ``edits`` rendered at ``size``."""
     prompts = [e.instruction() for e in edits]
-    sources = np.stack([shapes.render(e.source, 32) for e in edits])
+    sources = np.stack([shapes.render(e.source, size) for e in edits])
     out = {}
     for k in range(len(shapes.EDITABLE) + 1):
         for done in itertools.combinations(shapes.EDITABLE, k):
-            images = np.stack([shapes.render(e.partial(done), 32) for e in edits])
+            images = np.stack([shapes.render(e.partial(done), size) for e in edits])
             with torch.no_grad():
                 decoded = base.decode(base.encode_images(torch.from_numpy(images))).numpy()
             batch = RewardInputs(channels_first(decoded), prompts, source_images=channels_first(sources))
@@ -59,9 +60,9 @@ def main() -> None:
     base = load_base(cfg.model, cfg.num_objectives, cfg.pretrain.checkpoint).eval()
     adherence = build_reward(RewardSpec(name="shapes_classifier_adherence"))
     fidelity = {name: build_reward(RewardSpec(name=name)) for name in FIDELITY}
-    rng = np.random.default_rng(0)
-    edits = [shapes.random_edit(rng, 32, num_changes=3) for _ in range(args.edits)]
-    scores = partial_edit_scores(base, edits, adherence, fidelity)
+    rng, size = np.random.default_rng(0), cfg.model.tiny.image_size
+    edits = [shapes.random_edit(rng, size, num_changes=3) for _ in range(args.edits)]
+    scores = partial_edit_scores(base, edits, size, adherence, fidelity)
     print(f"{'changes carried out':>28} {'adherence':>10} " + " ".join(f"{n:>27}" for n in FIDELITY))
     for done, s in sorted(scores.items(), key=lambda kv: kv[1][0]):
         print(f"{'+'.join(done) or 'none (copy)':>28} {s[0]:10.3f} " + " ".join(f"{v:27.3f}" for v in s[1:]))

@@ -140,7 +140,7 @@ def describe_plan(cfg: Config) -> str:
         f"  sampler {ro.sampler.kind}, {ro.sampler.num_steps} steps, shift {ro.sampler.shift:g}, "
         f"CFG {ro.sampler.guidance_scale:g}",
         f"  learner: {per_rank} samples per rank in {micro} micro-batch(es) of <= {lc.micro_batch_size}, "
-        f"{cfg.algorithm.train_timesteps} timestep(s) each, {cfg.algorithm.objective}, lr {lc.lr:g} "
+        f"{al.train_timesteps} timestep(s) each, {al.objective}, lr {lc.lr:g} "
         f"(preference x{lc.pref_lr_mult:g}), clip {lc.grad_clip:g}",
         f"  advantages: {al.scalarisation} scalarisation"
         f"{', objectives in batch-std units' if al.scalarisation == 'early' and al.reward_scale == 'batch_std' else ''}"

@@ -31,7 +31,7 @@ from policies.rollout import guided_velocity
 from policies.samplers import ode_sample
 from policies.tiny_models import TINY_BUILDERS
 from reward_servers.shapes import ssim
-from reward_servers.shapes_classifier import classifier_accuracy, classifier_readings, load_classifier
+from reward_servers.shapes_classifier import classifier_readings, load_classifier
 
 EVAL_STEPS = 20
 """ODE steps used to measure the base."""
@@ -141,15 +141,16 @@ def measure_base(backbone: DiffusersBackbone, cfg: Config, edit: bool) -> dict[s
         captions = shapes.caption_grid()
         prompts, sources = [captions[i % len(captions)] for i in range(n)], None
     classifier = load_classifier()
+    read_src = classifier_readings(classifier, sources) if edit else None
     metrics = {}
     for scale in sorted({1.0, cfg.rollout.sampler.guidance_scale}):
         images = generate(backbone, prompts, sources, torch.Generator().manual_seed(cfg.pretrain.seed + 1), scale)
         key = f"cfg{scale:g}"
-        learned = classifier_accuracy(classifier, images, prompts)
+        read = classifier_readings(classifier, images)
+        learned = shapes.attribute_accuracy(images, prompts, read)
         metrics.update({f"{key}/classifier/{k}": v for k, v in learned.items()})
         metrics.update({f"{key}/reader/{k}": v for k, v in shapes.attribute_accuracy(images, prompts).items()})
         if edit:
-            read, read_src = classifier_readings(classifier, images), classifier_readings(classifier, sources)
             kept = [r[a] == r_src[a] for r, r_src, p in zip(read, read_src, prompts)
                     for a in shapes.EDITABLE if a not in shapes.parse_prompt(p)]
             metrics[f"{key}/kept_unasked"] = float(np.mean(kept))

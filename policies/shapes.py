@@ -29,7 +29,9 @@ SHAPES = ("circle", "square", "triangle")
 FILL_RATIO = {"square": 1.0, "circle": math.pi / 4, "triangle": 0.5}
 """Share of its bounding box a shape covers; what :func:`read_scene` reads the kind from."""
 WORDS = [*SHAPE_COLOURS, *BACKGROUNDS, *SHAPES]
-EDITABLE = ("shape", "colour", "background")
+ATTRIBUTE_VALUES = {"shape": list(SHAPES), "colour": list(SHAPE_COLOURS), "background": list(BACKGROUNDS)}
+"""Every attribute of a scene and its values, in a fixed order (the classifier's label indices)."""
+EDITABLE = tuple(ATTRIBUTE_VALUES)
 """The attributes an edit instruction can change."""
 
 
@@ -131,10 +133,9 @@ def random_edit(rng: np.random.Generator, size: int, num_changes: int | None = N
     k = int(rng.integers(1, len(EDITABLE) + 1)) if num_changes is None else num_changes
     if not 1 <= k <= len(EDITABLE):
         raise ValueError(f"num_changes must be 1..{len(EDITABLE)}, got {k}")
-    values = {"shape": SHAPES, "colour": list(SHAPE_COLOURS), "background": list(BACKGROUNDS)}
     changes = {}
     for attribute in rng.choice(EDITABLE, size=k, replace=False):
-        others = [v for v in values[attribute] if v != getattr(source, attribute)]
+        others = [v for v in ATTRIBUTE_VALUES[attribute] if v != getattr(source, attribute)]
         changes[str(attribute)] = others[rng.integers(len(others))]
     return Edit(source, replace(source, **changes))
 

@@ -33,8 +33,7 @@ from reward_servers.registry import register
 from reward_servers.shapes import channels_last_images
 
 WEIGHTS = Path(__file__).parent / "weights" / "shapes_classifier.safetensors"
-ATTRIBUTES = {"shape": list(shapes.SHAPES), "colour": list(shapes.SHAPE_COLOURS),
-              "background": list(shapes.BACKGROUNDS)}
+ATTRIBUTES = shapes.ATTRIBUTE_VALUES
 
 
 class ShapesClassifier(nn.Module):
