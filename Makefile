@@ -26,12 +26,13 @@ browser:
 train: setup
 	$(BIN)/paretoslider train -c configs/toy2d.yaml
 
+# -rs: the closing summary lists every skipped test with its reason (a skip must never go unnoticed).
 test: setup browser
-	$(BIN)/python -m pytest -q -m "not slow"
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -rs -m "not slow"
+	$(BIN)/python -m pytest -q -rs -m slow
 
 test-fast: setup browser
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -rs -m "not slow"
 
 bench: setup
 	$(BIN)/python benchmarks/loop_overlap.py

@@ -44,7 +44,7 @@ class LearnerWorker:
         # No text encoders / VAE here: the shard carries the conditions the rollout actors encoded.
         self.policy = build_policy(self.cfg.model, self.cfg.num_objectives, self.base_checkpoint, encoders=False)
         optimizer = torch.optim.AdamW(self.policy.param_groups(lc.lr, lc.pref_lr_mult), lr=lc.lr,
-                                      weight_decay=lc.weight_decay)
+                                      weight_decay=lc.weight_decay, eps=lc.adam_eps)
         self.engine, _, _, _ = deepspeed.initialize(
             model=self.policy, optimizer=optimizer,
             config=deepspeed_config(lc, self.world_size, lc.micro_batch_size))
@@ -169,11 +169,6 @@ class LearnerGroup:
             raise LearnerDiedError(f"a learner rank died during step {step} ({type(err).__name__}); "
                                    "restart the job with --resume to continue from its last checkpoint") from err
         return {k: sum(r[k] for r in results) / len(results) for k in results[0]}
-
-    def _grad_norm(self) -> float:
-        """Norm of the all-reduced gradients (ZeRO 0; under ZeRO 2/3 DeepSpeed reports its own)."""
-        grads = [p.grad for _, p in self.policy.trainable_named() if p.grad is not None]
-        return float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))) if grads else math.nan
 
     def sampling_weights(self) -> ray.ObjectRef:
         return ray.get(self.workers[0].sampling_weights.remote())[0]

@@ -81,10 +81,8 @@ class RolloutWorker:
         self.apply_weights(handle)
         if self.cfg.simulate.enabled:
             return self._simulated(groups, start)
-        batch = rollout_groups(self.policy, groups, self.cfg.rollout.group_size, self.cfg.rollout.sampler,
-                               self.version, self.device)
-        batch.meta.update(actor=self.actor_index, started=start, finished=time.time())
-        return batch
+        return rollout_groups(self.policy, groups, self.cfg.rollout.group_size, self.cfg.rollout.sampler,
+                              self.version, self.device)
 
     def _simulated(self, groups: list[GroupSpec], start: float) -> RolloutBatch:
         """Stage-cost simulation: pay the configured time, return real-size random payloads."""
@@ -93,11 +91,9 @@ class RolloutWorker:
         time.sleep(sim.rollout_s_per_sample * n)
         gen = torch.Generator().manual_seed(groups[0].seed)
         w = torch.tensor([grp.preference for grp in groups]).repeat_interleave(g, 0)
-        batch = RolloutBatch(samples=torch.randn(n, max(1, sim.sample_bytes // 4), generator=gen), preferences=w,
-                             group_index=torch.arange(len(groups)).repeat_interleave(g), groups=list(groups),
-                             policy_version=self.version, sample_seconds=time.time() - start)
-        batch.meta.update(actor=self.actor_index, started=start, finished=time.time())
-        return batch
+        return RolloutBatch(samples=torch.randn(n, max(1, sim.sample_bytes // 4), generator=gen), preferences=w,
+                            group_index=torch.arange(len(groups)).repeat_interleave(g), groups=list(groups),
+                            policy_version=self.version, sample_seconds=time.time() - start)
 
     def ping(self) -> int:
         return self.version
@@ -112,4 +108,5 @@ class RolloutWorker:
 
 # Weight receives run in their own thread ("weights" group) so a broadcast never waits for a rollout.
 RolloutActor = ray.remote(concurrency_groups={"weights": 1})(RolloutWorker)
-"""The Ray actor class; resources are set with ``.options(...)`` in ``actors.launch``."""
+"""The Ray actor class; ``pipelines.train`` sets its resources with ``.options(...)`` from the rollout
+pool's placement group (``infra.pools``)."""

@@ -1,8 +1,12 @@
 """Versioned weight sync from the learner to the rollout actors.
 
-Only trainable tensors move (LoRA + preference modules). The object-store path publishes each
-version once with ``ray.put`` and actors pull it on their next call. A collective (NCCL) path plugs
-in behind the same two calls: ``publish`` on the driver side and ``fetch_weights`` on the actor side.
+Only trainable tensors move (LoRA + preference modules). Two paths:
+
+- object store (``cluster.weight_sync=object_store``): the driver publishes each version once with
+  ``ray.put`` (:class:`ObjectStoreWeightSync`) and actors pull it on their next call (:func:`fetch_weights`);
+- collective (``cluster.weight_sync=collective``): learner rank 0 and the rollout actors form their own
+  process group (:class:`CollectiveGroup`, gloo on CPU, NCCL on GPU) and rank 0 broadcasts the tensors
+  in fixed-size buckets; each actor receives into a staging copy and applies it between rollouts.
 """
 
 from __future__ import annotations

@@ -339,6 +339,9 @@ class LearnerConfig(Strict):
     pref_lr_mult: float = Field(10.0, gt=0)
     """Learning-rate multiplier of the preference modules (they start from ~zero)."""
     weight_decay: float = Field(0.0, ge=0)
+    adam_eps: float = Field(1e-8, gt=0)
+    """AdamW's ``eps`` (torch's default). Adam's first step is ``lr * g / (|g| + eps)``: with a large eps
+    it is linear in the gradient (what the learner tests use to compare steps across summation orders)."""
     grad_clip: float = Field(1.0, gt=0)
     micro_batch_size: int = Field(256, ge=1)
     """Samples per forward/backward on one worker."""

@@ -145,6 +145,8 @@ def compare_cmd(config: ConfigOpt = None, set_: SetOpt = None,
 
 
 def main() -> None:
+    """The console script (``paretoslider``): Hugging Face tokenizers' thread pool must be off before
+    Ray forks workers, or every worker warns and may deadlock."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     app()
 

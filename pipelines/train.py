@@ -1,4 +1,4 @@
-"""``paretoslider train``: the single controller of DESIGN.md section 1.
+"""``paretoslider train``: the single controller of the training loop.
 
 The driver owns every decision — step counter, which groups to sample, preference draws, staleness,
 checkpoints and the MLflow run — and the workers only compute:

@@ -92,7 +92,6 @@ class RolloutBatch:
     rewards: torch.Tensor | None = None
     """``[B, M]`` raw scores per objective."""
     sample_seconds: float = 0.0
-    meta: dict = field(default_factory=dict)
     conditions: Condition | None = None
     """One row per group: what the backbone encoded from its prompt (and source image)."""
     images: torch.Tensor | None = None

@@ -1,4 +1,5 @@
-"""Multi-objective RL objectives, one small function per equation (see ``shared/seed/paper.md``).
+"""Multi-objective RL objectives, one small function per equation (ParetoSlider, Golan et al. 2026, on
+DiffusionNFT and Flow-GRPO; each docstring gives the formula it computes).
 
 Symbols: ``B`` samples, ``M`` objectives, ``r`` raw rewards ``[B, M]``, ``w`` preferences ``[B, M]``,
 ``g`` group index ``[B]`` (a group is one (prompt, w) pair with G samples).

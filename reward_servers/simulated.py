@@ -17,7 +17,7 @@ from reward_servers.registry import register
 
 @register("simulated_cost")
 class SimulatedCost:
-    """Sleeps ``s_per_sample * B`` and returns the mean of each sample's first ``k`` values."""
+    """Sleeps ``s_per_sample * B`` and returns each sample's value at flat index ``column`` (mod its size)."""
 
     name = "simulated_cost"
     inputs = ("samples",)

@@ -31,10 +31,16 @@ def test_actor_samples_tagged_groups_and_pulls_new_versions(ray_local, tiny_base
         second = ray_local.get(actor.generate.remote(groups, handle))
         assert second.policy_version == 1
         assert not torch.allclose(first.samples, second.samples)
-        # The same version is not re-applied, and an older handle never rolls the actor back.
-        assert ray_local.get(actor.apply_weights.remote(handle)) == 1
         with pytest.raises(ValueError, match="increase"):
             sync.publish(1, state)
+        newer = sync.publish(2, {k: v - 0.3 for k, v in state.items()})
+        third = ray_local.get(actor.generate.remote(groups, newer))
+        assert third.policy_version == 2 and not torch.allclose(second.samples, third.samples)
+        # An older handle (version 1, still alive here) never rolls the actor back: it keeps version 2's
+        # weights, so the same groups (same seeds) sample exactly what version 2 sampled.
+        assert ray_local.get(actor.apply_weights.remote(handle)) == 2
+        again = ray_local.get(actor.generate.remote(groups, handle))
+        assert again.policy_version == 2 and torch.equal(again.samples, third.samples)
         policy.load_trainable_state(state)
         from policies.rollout import sample_groups
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -49,6 +51,25 @@ def test_soup_is_the_weighted_sum_of_states():
     assert mix["x"].tolist() == [4.0, 5.0] and mix["y"].item() == 0.0
 
 
+def hypervolume_2d(points: np.ndarray, ref: np.ndarray) -> float:
+    """Area dominated by ``points`` above ``ref`` (maximisation), by a sweep in falling first objective:
+    each point adds the strip between its second objective and the best one seen so far."""
+    area, best_y = 0.0, ref[1]
+    for x, y in sorted(map(tuple, np.asarray(points, float)), reverse=True):
+        if x > ref[0] and y > best_y:
+            area += (x - ref[0]) * (y - best_y)
+            best_y = y
+    return area
+
+
+def test_hypervolume_2d_reference_on_a_hand_made_front():
+    # Three steps above (0, 0): 3*1 + 2*(2-1) + 1*(3-2) = 6; a dominated and an out-of-reference point add nothing.
+    assert hypervolume_2d([[3, 1], [2, 2], [1, 3], [1, 1], [-1, 5]], np.zeros(2)) == 6.0
+    from policies.fronts import hypervolume
+
+    assert hypervolume(np.array([[3, 1], [2, 2], [1, 3], [1, 1]]), np.zeros(2)) == pytest.approx(6.0)
+
+
 def points(method, w, r) -> FrontPoints:
     w, r = np.asarray(w, float), np.asarray(r, float)
     return FrontPoints(method, w, r, np.zeros_like(r), np.zeros(len(r)), [r[i:i + 1] for i in range(len(r))])
@@ -81,18 +102,24 @@ def test_compare_end_to_end_on_local_ray(ray_local, tiny_base, tmp_path):
     assert by["fixed"]["training_runs"] == 3 and by["soups"]["training_runs"] == 2
     assert by["fixed"]["total_samples"] == 3 * 3 * 2 * 2 * 4
     assert by["base"]["training_runs"] == 0 and by["base"]["points"] == 1
-    for r in table:
-        assert np.isfinite(r["hypervolume"]) and r["hypervolume"] >= 0 and np.isfinite(r["drift"])
     pts = pq.read_table(out / "points.parquet").to_pandas()
+    client = MlflowClient(cfg.tracking.tracking_uri)
+    runs = client.search_runs(client.get_experiment_by_name("paretoslider").experiment_id,
+                              filter_string="attributes.run_name = 'compare/cmp'")
+    ref = np.array(json.loads(runs[0].data.tags["paretoslider.reference_point"]))
+    # Each method's hypervolume is that of its own points' mean rewards. The tag keeps the reference point
+    # to 6 decimals, which moves an area by at most 5e-7 per unit of the front's extent (here < 20).
+    for r in table:
+        mine = pts[pts.method == r["method"]][["r_target_a", "r_target_b"]].to_numpy()
+        assert r["hypervolume"] == pytest.approx(hypervolume_2d(mine, ref), rel=0, abs=1e-5), r["method"]
+        assert np.isfinite(r["drift"])
+    assert by["slider"]["hypervolume"] > 0
     assert len(pts[pts.method == "slider"]) == 3 and len(pts[pts.method == "fixed"]) == 3
     assert (pts[["ci_target_a", "ci_target_b"]] > 0).all().all()
     assert (out / "comparison.md").read_text().count("\n| ") == 7 and (out / "pareto_seed0.png").exists()
     # The soup at lam = (1, 0) is the single-reward model itself: equal only if sampled from the same noise.
     corner = pts[(pts.w_target_a == 1.0) & pts.method.isin(["soups", "fixed"])]
     assert len(corner) == 2 and corner.r_target_a.nunique() == 1 and corner.r_target_b.nunique() == 1
-    client = MlflowClient(cfg.tracking.tracking_uri)
-    runs = client.search_runs(client.get_experiment_by_name("paretoslider").experiment_id,
-                              filter_string="attributes.run_name = 'compare/cmp'")
     assert len(runs) == 1 and "hypervolume/slider" in runs[0].data.metrics
     # A second call reuses every checkpoint (no training) and gives the same numbers.
     again = compare(cfg, [0], progress=False)
@@ -111,5 +138,8 @@ def test_compare_end_to_end_on_local_ray(ray_local, tiny_base, tmp_path):
     front = pq.read_table(out / "seed0" / "slider" / "eval" / "front.parquet").to_pandas()
     assert list(front.method) == ["slider"] * 3 + ["base"]
     assert front.r_target_a.between(0, 1).all() and (front.r_target_a > 0).any()
-    assert result["hypervolume"] >= 0 and len(result["reference_point"]) == 2
+    slider_front = front[front.method == "slider"][["r_target_a", "r_target_b"]].to_numpy()
+    assert len(result["reference_point"]) == 2
+    assert result["hypervolume"] == pytest.approx(hypervolume_2d(slider_front, np.array(result["reference_point"])),
+                                                  rel=1e-9, abs=1e-12)
     assert (out / "seed0" / "slider" / "eval" / "front.png").exists()

@@ -13,7 +13,10 @@ from mlflow.tracking import MlflowClient
 from image_slider_run import source_png
 from infra.checkpoint import load_latest_checkpoint
 from infra.config import load_config
+from pipelines.pretrain_shapes import shapes_batch
 from pipelines.registry import load_slider
+from policies import shapes
+from reward_servers.shapes import ssim
 from pipelines.slider_model import GenerationSpec
 
 
@@ -29,8 +32,21 @@ def test_shapes_edit_pretrain_then_train_logs_the_slider_grid(ray_local, tmp_pat
         "rollout.prompts_per_step=2", "rollout.group_size=4", "rollout.sampler.num_steps=3"])
     result = train(cfg, progress=False)
     metrics = json.loads((tmp_path / "base" / "pretrain_metrics.json").read_text())
-    assert 0 <= metrics["cfg1/classifier/all"] <= 1 and 0 <= metrics["cfg1/reader/all"] <= 1
-    assert 0 < metrics["ssim_target_to_source"] < 1 and 0 <= metrics["cfg1/kept_unasked"] <= 1
+    # The base is measured on the 8 edits that the pre-train's seed + 1 draws: regenerate them here, count
+    # how often each attribute is asked, and check each reading is a share of those (hits / asked) and
+    # "all" the pooled share; the target-to-source SSIM is that of these pairs.
+    prompts, targets, sources = shapes_batch(np.random.default_rng(cfg.pretrain.seed + 1), cfg.pretrain.eval_samples,
+                                             cfg.model.tiny.image_size, edit=True)
+    asked = {a: sum(a in shapes.parse_prompt(p) for p in prompts) for a in shapes.EDITABLE}
+    for reader in ("classifier", "reader"):
+        acc = {a: metrics[f"cfg1/{reader}/{a}"] for a in asked if asked[a]}
+        hits = {a: acc[a] * asked[a] for a in acc}
+        assert all(abs(h - round(h)) < 1e-9 for h in hits.values()), (reader, acc, asked)
+        assert metrics[f"cfg1/{reader}/all"] == pytest.approx(sum(hits.values()) / sum(asked.values()), abs=1e-12)
+    unasked = sum(len(shapes.EDITABLE) - len(shapes.parse_prompt(p)) for p in prompts)
+    assert abs(metrics["cfg1/kept_unasked"] * unasked - round(metrics["cfg1/kept_unasked"] * unasked)) < 1e-9
+    assert metrics["ssim_target_to_source"] == pytest.approx(float(ssim(targets, sources).mean()), abs=1e-12)
+    assert metrics["ssim_target_to_source"] < 1  # every edit changes something
     assert result.rewards.shape == (5, 2) and np.isfinite(result.rewards).all()
     assert result.samples[0].shape == (8, 3, 32, 32)  # the reward layout, channels first
 

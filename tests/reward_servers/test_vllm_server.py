@@ -30,10 +30,20 @@ START_TIMEOUT_S = 400
 VLLM_ENV = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONPATH": str(REPO)}
 ENGINE_ARGS = {"max_model_len": 512, "dtype": "float32", "gpu_memory_utilization": 0.1}
 
+BUILD_LOG = REPO / ".venv-vllm.log"
+"""Where ``.ci/run`` logs ``make vllm-env``: a skip quotes why the build failed."""
+
+
+def missing_env_reason() -> str:
+    why = f"no vLLM environment at {VLLM_PYTHON} (build it with `make vllm-env`)"
+    lines = [ln.strip() for ln in BUILD_LOG.read_text(errors="replace").splitlines() if ln.strip()] \
+        if BUILD_LOG.is_file() else []
+    return f"{why}; its build failed: {lines[-1][:200]!r} (see {BUILD_LOG.name})" if lines else why
+
+
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not VLLM_PYTHON.is_file(),
-                       reason=f"no vLLM environment at {VLLM_PYTHON} (build it with `make vllm-env`)"),
+    pytest.mark.skipif(not VLLM_PYTHON.is_file(), reason=missing_env_reason()),
 ]
 
 

@@ -1,0 +1,124 @@
+"""The learner's micro-batch losses (``policies.train_step``) against computations written out here."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import TINY_MODEL
+from infra.config import AlgorithmConfig, ModelConfig, SamplerConfig
+from policies.batch import GroupSpec
+from policies.policy import build_policy, load_base
+from policies.rollout import sample_groups
+from policies.train_step import TrainShard, micro_loss
+
+N, REPS = 6, 3
+
+
+def perturbed(state: dict[str, torch.Tensor], seed: int, scale: float = 0.05) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return {k: v + scale * torch.randn(v.shape, generator=gen) for k, v in state.items()}
+
+
+@pytest.fixture()
+def setup(tiny_base):
+    """A policy whose current, old and base weights all differ, and a shard of six toy2d samples."""
+    cfg = ModelConfig(**TINY_MODEL)
+    policy = build_policy(cfg, 2, tiny_base)
+    policy.load_trainable_state(perturbed(policy.trainable_state(), 1))
+    old_state = perturbed(policy.trainable_state(), 2)
+    gen = torch.Generator().manual_seed(3)
+    shard = TrainShard(samples=torch.randn(N, 2, generator=gen),
+                       preferences=torch.softmax(torch.randn(N, 2, generator=gen), dim=1),
+                       advantages=3 * torch.randn(N, 2, generator=gen), weights=torch.rand(N, 2, generator=gen),
+                       sample_seeds=torch.arange(N) * 11 + 5, seed=0)
+    old = build_policy(cfg, 2, tiny_base)
+    old.load_trainable_state(old_state)
+    return cfg, policy, old_state, old, load_base(cfg, 2, tiny_base), shard
+
+
+def nft_reference(policy, old, base, shard: TrainShard, a: AlgorithmConfig) -> torch.Tensor:
+    """DiffusionNFT written out in float64 on the networks' velocities.
+
+    Each sample's ``REPS`` noise levels and noises come from its own seed (so results do not depend on
+    sharding): ``t ~ U(0, 1)`` clamped to ``[1e-3, 1]``, then ``eps ~ N(0, I)``; ``x_t = (1 - t) x0 + t eps``.
+    ``v+ = b v + (1 - b) v_old``, ``v- = (1 + b) v_old - b v``; ``x0± = x_t - t v±``;
+    ``L± = mean (x0± - x0)^2 / sg(mean |x0± - x0|)``; ``r_k = 1/2 + 1/2 clip(A_k / A_max, -1, 1)``;
+    ``loss = s mean_i sum_k lambda_k (r_k L+ + (1 - r_k) L-) / b + c_kl mean ||v - v_ref||^2``.
+    """
+    x0, ts, eps = [], [], []
+    for i, seed in enumerate(shard.sample_seeds.tolist()):
+        gen = torch.Generator().manual_seed(seed)
+        ts.append(torch.rand(REPS, generator=gen).clamp(1e-3, 1.0))
+        eps.append(torch.randn(REPS, 2, generator=gen))
+        x0.append(shard.samples[i].expand(REPS, 2))
+    x0, t, eps = torch.cat(x0), torch.cat(ts), torch.cat(eps)
+    w = shard.preferences.repeat_interleave(REPS, 0)
+    xt = (1 - t[:, None]) * x0 + t[:, None] * eps
+    v = policy.velocity(xt, t, w).double()
+    with torch.no_grad():
+        v_old, v_ref = old.velocity(xt, t, w).double(), base(xt, t, None).double()
+    x0, xt, t = x0.double(), xt.double(), t.double()[:, None]
+    b = a.nft_beta
+    losses = []
+    for v_pm in (b * v + (1 - b) * v_old, (1 + b) * v_old - b * v):
+        err = xt - t * v_pm - x0
+        losses.append((err**2).mean(1) / err.detach().abs().mean(1).clamp(min=1e-5))
+    r = 0.5 + 0.5 * (shard.advantages.double() / a.adv_clip).clamp(-1, 1).repeat_interleave(REPS, 0)
+    lam = shard.weights.double().repeat_interleave(REPS, 0)
+    per_obj = (r * losses[0][:, None] + (1 - r) * losses[1][:, None]) / b
+    return a.loss_scale * (lam * per_obj).sum(1).mean() + a.kl_coef * ((v - v_ref) ** 2).mean()
+
+
+def grads(policy, loss: torch.Tensor) -> dict[str, torch.Tensor]:
+    params = dict(policy.trainable_named())
+    return dict(zip(params, torch.autograd.grad(loss, list(params.values()))))
+
+
+def test_nft_loss_and_gradient_match_a_float64_computation(setup):
+    cfg, policy, old_state, old, base, shard = setup
+    algo = AlgorithmConfig(train_timesteps=REPS, kl_coef=0.3)  # a KL term large enough to matter
+    loss, metrics = micro_loss(policy, old_state, shard, algo, SamplerConfig())
+    expected = nft_reference(policy, old, base, shard, algo)
+    # Same network outputs on both sides; the loss arithmetic is float32 vs float64 over 18 rows, each a
+    # mean of 2 terms: ~10 ulps (6e-7 relative) at most.
+    assert float(loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
+    got, want = grads(policy, loss), grads(policy, expected)
+    scale = max(float(g.abs().max()) for g in want.values())
+    for k in want:  # float32 backward of the same graph: errors ~1e-6 of the largest gradient
+        assert torch.allclose(got[k], want[k], rtol=0, atol=1e-5 * scale), k
+    # The old policy is swapped in and back out: the current weights are untouched.
+    assert all(not torch.equal(p, old_state[n]) for n, p in policy.trainable_named())
+    assert float(metrics["loss/kl"]) > 0
+
+
+def test_nft_loss_does_not_depend_on_how_the_shard_is_split(setup):
+    cfg, policy, old_state, _, _, shard = setup
+    algo = AlgorithmConfig(train_timesteps=REPS)
+    whole = float(micro_loss(policy, old_state, shard, algo, SamplerConfig())[0])
+    parts = sum(float(micro_loss(policy, old_state, s, algo, SamplerConfig())[0]) * len(s) / N
+                for s in shard.split(4) if len(s))
+    assert parts == pytest.approx(whole, rel=1e-6)  # a mean regrouped: float32 rounding only
+
+
+def test_grpo_loss_at_the_sampling_policy_is_minus_the_weighted_advantage(tiny_base):
+    """With the weights that sampled the trajectory, every ratio is 1, so the clipped objective is
+    ``-mean_i sum_k lambda_k clip(A_ik, +-A_max)`` whatever steps are drawn."""
+    cfg = ModelConfig(**TINY_MODEL)
+    policy = build_policy(cfg, 2, tiny_base)
+    sampler = SamplerConfig(kind="sde", num_steps=4)
+    groups = [GroupSpec(0, i, 0, seed=i, preference=(i / 2, 1 - i / 2)) for i in range(3)]
+    batch = sample_groups(policy.velocity, groups, 2, (2,), sampler, 0)
+    gen = torch.Generator().manual_seed(0)
+    adv, lam = 4 * torch.randn(6, 2, generator=gen), batch.preferences
+    shard = TrainShard(batch.samples, batch.preferences, adv, lam, torch.arange(6), seed=1,
+                       trajectory=batch.trajectory)
+    algo = AlgorithmConfig(objective="grpo", train_timesteps=2, kl_coef=0.0, adv_clip=2.0)
+    loss, metrics = micro_loss(policy, policy.trainable_state(), shard, algo, sampler)
+    expected = -(lam * adv.clamp(-2.0, 2.0)).sum(1).mean()
+    # log-probs recomputed from the same float32 velocities: ratio 1 to ~1e-6
+    assert float(metrics["grpo/ratio"]) == pytest.approx(1.0, abs=1e-5)
+    assert float(loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
+    with pytest.raises(ValueError, match="rollout.sampler.kind='sde'"):
+        micro_loss(policy, {}, TrainShard(batch.samples, batch.preferences, adv, lam, torch.arange(6), 1),
+                   algo, sampler)
