@@ -80,7 +80,11 @@ def build_pools(cfg: Config) -> tuple[Pool, Pool]:
                                           ("learner", n_le, lc.num_cpus_per_worker, lc.num_gpus_per_worker, cl.learner)):
         bundles = [bundle(cpus, gpus, pool_cfg)] * n
         if cl.placement_groups:
-            pg = _reserve(name, bundles, pool_cfg.strategy, cl.ready_timeout_s)
+            try:
+                pg = _reserve(name, bundles, pool_cfg.strategy, cl.ready_timeout_s)
+            except BaseException:
+                release_pools(*pools)  # the rollout pool must not outlive an unplaceable learner pool
+                raise
             pools.append(Pool(name, bundles, pg, [_in_bundle(pg, i, cpus, gpus) for i in range(n)]))
         else:
             extra = {"resources": dict(pool_cfg.resources)} if pool_cfg.resources else {}

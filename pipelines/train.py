@@ -109,13 +109,32 @@ class Trainer:
         self.base_checkpoint = str(ensure_base(cfg, progress))
 
         start_ray(cfg.ray)
-        self.rewards = RewardClient(cfg.rewards)
         self.reward_latency_s: dict[str, float] = {}
         """Each objective's reward-server latency in the last scored step (logged per step)."""
+        self.rewards: RewardClient | None = None
+        self.learner: LearnerGroup | None = None
+        self.actors: list = []
+        self.rollout_pool = self.learner_pool = None
+        self.tracker: Tracker | None = None
+        self.handle: WeightHandle | None = None
+        self.sync = ObjectStoreWeightSync()
+        try:
+            self._start(restored)
+        except BaseException:
+            # A failed start (an unplaceable pool, a learner that cannot load) must not leave the reward
+            # app, placement groups or actors holding a shared cluster's GPUs.
+            if self.tracker is not None:
+                self.tracker.end("FAILED")
+            self.close()
+            raise
+
+    def _start(self, restored: tuple[int, dict] | None) -> None:
+        """Take the job's resources: pools first (gang-scheduled, fail fast), then the workers."""
+        cfg = self.cfg
         self.rollout_pool, self.learner_pool = build_pools(cfg)
+        self.rewards = RewardClient(cfg.rewards)
         self.learner = LearnerGroup(cfg, self.base_checkpoint,
                                     [self.learner_pool.options(r) for r in range(cfg.learner.world_size)])
-        self.sync = ObjectStoreWeightSync()
         cfg_json = cfg.model_dump_json()
         restarts = cfg.cluster.rollout_max_restarts
         # A restarted actor re-runs its pending calls; each call carries its weight handle.
@@ -128,7 +147,6 @@ class Trainer:
         self.state.mlflow_run_id = self.tracker.run_id
         if cfg.cluster.weight_sync == "collective":
             self._join_weight_group()
-        self.handle: WeightHandle | None = None
         self.publish_weights()
         self.clock = StageClock()
         groups_per_step = cfg.rollout.prompts_per_step * cfg.preferences.slots_per_prompt
@@ -317,11 +335,14 @@ class Trainer:
         console.print(f"registered models:/{version.name}/{version.version}")
 
     def close(self) -> None:
-        self.learner.shutdown()
+        """Release whatever the job holds (also after a start that failed half-way)."""
+        if self.learner is not None:
+            self.learner.shutdown()
         for a in self.actors:
             ray.kill(a, no_restart=True)
-        self.rewards.close()
-        release_pools(self.rollout_pool, self.learner_pool)
+        if self.rewards is not None:
+            self.rewards.close()
+        release_pools(*(p for p in (self.rollout_pool, self.learner_pool) if p is not None))
 
 
 def prune_learner_checkpoints(run_dir: Path) -> None:

@@ -112,3 +112,35 @@ def test_hung_reward_server_times_out_with_its_name(ray_local, tiny_base, tmp_pa
     client = MlflowClient(cfg.tracking.tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name(cfg.tracking.experiment).experiment_id])
     assert runs[0].info.status == "FAILED"
+
+
+def live_placement_groups() -> list[str]:
+    from ray.util import placement_group_table
+
+    return sorted(pg["name"] for pg in placement_group_table().values()
+                  if pg["name"].startswith("paretoslider-") and pg["state"] != "REMOVED")
+
+
+def test_failed_start_releases_the_reward_app_and_every_pool(ray_local, tiny_base, tmp_path, monkeypatch):
+    from ray import serve
+
+    # An unplaceable learner pool (a GPU on a CPU-only cluster): the rollout pool was already reserved.
+    cfg = tiny_cfg(tmp_path, tiny_base)
+    cfg.cluster.placement_groups, cfg.cluster.ready_timeout_s = True, 2.0
+    cfg.learner.num_gpus_per_worker = 1.0
+    with pytest.raises(RuntimeError, match="pool 'learner' could not be placed"):
+        train_mod.train(cfg, progress=False)
+    assert live_placement_groups() == []
+    assert "rewards" not in serve.status().applications
+
+    # A learner that fails after the reward app is up: the app and both pools go with it.
+    def broken_learner(*args, **kwargs):
+        assert "rewards" in serve.status().applications and len(live_placement_groups()) == 2
+        raise RuntimeError("learner could not start")
+
+    monkeypatch.setattr(train_mod, "LearnerGroup", broken_learner)
+    cfg.learner.num_gpus_per_worker, cfg.run_dir = 0.0, str(tmp_path / "run2")
+    with pytest.raises(RuntimeError, match="learner could not start"):
+        train_mod.train(cfg, progress=False)
+    assert live_placement_groups() == []
+    assert "rewards" not in serve.status().applications
