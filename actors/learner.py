@@ -15,7 +15,7 @@ from pathlib import Path
 import ray
 import torch
 
-from actors.weight_sync import CollectiveGroup
+from actors.weight_sync import CollectiveGroup, state_digest
 from infra.config import Config
 from infra.deepspeed_config import deepspeed_config
 from infra.distributed import destroy_process_group, init_process_group, pick_master_address
@@ -104,14 +104,18 @@ class LearnerWorker:
         """Rank 0 only: be the root of the collective weight-sync group."""
         self.weight_group = CollectiveGroup(addr, port, 0, world_size, backend)
 
-    def broadcast_weights(self) -> int:
-        """Broadcast the old (sampling) policy to the rollout actors; returns the bytes sent."""
-        self.weight_group.broadcast_state(self.old_state, int(self.cfg.cluster.weight_sync_bucket_mb * 2**20))
-        return sum(t.numel() * t.element_size() for t in self.old_state.values())
+    def broadcast_weights(self) -> str:
+        """Broadcast the old (sampling) policy to the rollout actors; returns the digest of what was sent."""
+        return self.weight_group.broadcast_state(self.old_state, int(self.cfg.cluster.weight_sync_bucket_mb * 2**20))
 
-    def sampling_weights(self) -> list[ray.ObjectRef]:
-        """The old (sampling) policy, put once into the object store by this rank."""
-        return [ray.put(self._on_cpu(self.old_state))]
+    def sampling_weights(self) -> list:
+        """``[ref, digest]``: the old (sampling) policy, put once into the object store by this rank, and
+        its :func:`state_digest` (a list, so Ray does not resolve the ref)."""
+        state = self._on_cpu(self.old_state)
+        return [ray.put(state), state_digest(state)]
+
+    def adapter_report(self) -> dict[str, int]:
+        return self.policy.adapter_report(self.cfg.model.lora_targets)
 
     def export_state(self) -> dict[str, dict[str, torch.Tensor]]:
         """Trainable, old and EMA weights on the CPU (identical on every rank)."""
@@ -170,8 +174,14 @@ class LearnerGroup:
                                    "restart the job with --resume to continue from its last checkpoint") from err
         return {k: sum(r[k] for r in results) / len(results) for k in results[0]}
 
-    def sampling_weights(self) -> ray.ObjectRef:
-        return ray.get(self.workers[0].sampling_weights.remote())[0]
+    def sampling_weights(self) -> tuple[ray.ObjectRef, str]:
+        """The sampling policy in the object store (put by rank 0) and its digest."""
+        ref, digest = ray.get(self.workers[0].sampling_weights.remote())
+        return ref, digest
+
+    def adapter_reports(self) -> list[dict[str, int]]:
+        """Every rank's :meth:`Policy.adapter_report`."""
+        return ray.get([w.adapter_report.remote() for w in self.workers])
 
     def export_state(self) -> dict:
         return ray.get(self.workers[0].export_state.remote())

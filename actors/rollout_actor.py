@@ -14,11 +14,15 @@ import time
 import ray
 import torch
 
-from actors.weight_sync import CollectiveGroup, WeightHandle, fetch_weights
+from actors.weight_sync import CollectiveGroup, WeightHandle, fetch_weights, state_digest
 from infra.config import Config
 from policies.batch import GroupSpec, RolloutBatch
 from policies.policy import build_policy
 from policies.rollout import rollout_groups
+
+
+class WeightsBehindError(RuntimeError):
+    """A rollout actor was asked to sample with a newer policy version than it holds."""
 
 
 class RolloutWorker:
@@ -34,35 +38,63 @@ class RolloutWorker:
         self.actor_index = actor_index
         self.offloaded = False
         self.lock = threading.Lock()
-        self.staged: tuple[int, dict[str, torch.Tensor]] | None = None
+        self.staged: tuple[int, dict[str, torch.Tensor], str] | None = None
+        self.digest: str | None = None
+        """:func:`state_digest` of the weights of ``self.version`` as they arrived (None: initial weights)."""
+        self.digest_s = 0.0
+        """Seconds spent digesting weights since the last ``generate`` returned (the check's cost)."""
+        self.group: CollectiveGroup | None = None
+        self.group_id: int | None = None
+        """Which formation of the collective group this actor is in (None: none, e.g. after a restart)."""
 
     def apply_weights(self, handle: WeightHandle | None) -> int:
         """Load the published weights if they are newer than what this actor holds."""
         if handle is not None and handle.version > self.version:
-            self.policy.load_trainable_state(fetch_weights(handle))
+            state = fetch_weights(handle)
+            t0 = time.perf_counter()
+            self.digest = state_digest(state)
+            self.digest_s += time.perf_counter() - t0
+            self.policy.load_trainable_state(state)
             self.version = handle.version
         return self.version
 
-    def init_weight_group(self, addr: str, port: int, rank: int, world_size: int, backend: str) -> None:
-        """Join the collective weight-sync group (``cluster.weight_sync=collective``)."""
+    def adapter_report(self) -> dict[str, int]:
+        """How many modules each LoRA target bound in this actor's policy."""
+        return self.policy.adapter_report(self.cfg.model.lora_targets)
+
+    @ray.method(concurrency_group="weights")
+    def init_weight_group(self, addr: str, port: int, rank: int, world_size: int, backend: str,
+                          group_id: int) -> None:
+        """Join (formation ``group_id`` of) the collective weight-sync group (``cluster.weight_sync=collective``).
+        In the weights thread, so a re-formation never waits for a running rollout."""
         self.group = CollectiveGroup(addr, port, rank, world_size, backend)
+        self.group_id = group_id
         self.staging = {n: p.detach().clone() for n, p in self.policy.trainable_named()}
 
     @ray.method(concurrency_group="weights")
-    def receive_weights(self, version: int) -> int:
+    def weight_group_id(self) -> int | None:
+        return self.group_id
+
+    @ray.method(concurrency_group="weights")
+    def receive_weights(self, version: int) -> str:
         """Receive a broadcast into a staging copy while a rollout may be running; ``generate``
-        applies it before its next batch, so no rollout ever reads half-written weights."""
-        self.group.broadcast_state(self.staging, int(self.cfg.cluster.weight_sync_bucket_mb * 2**20))
+        applies it before its next batch, so no rollout ever reads half-written weights. Returns the
+        digest of what arrived."""
+        if self.group is None:
+            raise RuntimeError("this rollout actor is in no weight-sync group (restarted?): re-form it first")
+        t0 = time.perf_counter()
+        digest = self.group.broadcast_state(self.staging, int(self.cfg.cluster.weight_sync_bucket_mb * 2**20))
         with self.lock:
-            self.staged = (version, {n: t.clone() for n, t in self.staging.items()})
-        return version
+            self.staged = (version, {n: t.clone() for n, t in self.staging.items()}, digest)
+            self.digest_s += time.perf_counter() - t0
+        return digest
 
     def _apply_staged(self) -> None:
         with self.lock:
             staged, self.staged = self.staged, None
         if staged is not None and staged[0] > self.version:
             self.policy.load_trainable_state(staged[1])
-            self.version = staged[0]
+            self.version, self.digest = staged[0], staged[2]
 
     def offload(self) -> None:
         """Colocated mode: move the model off the GPU while the learner trains on it."""
@@ -71,18 +103,27 @@ class RolloutWorker:
             torch.cuda.empty_cache()
         self.offloaded = True
 
-    def generate(self, groups: list[GroupSpec], handle: WeightHandle | None = None) -> RolloutBatch:
-        """Sample ``rollout.group_size`` samples for each group with the newest weights offered."""
+    def generate(self, groups: list[GroupSpec], handle: WeightHandle | None = None,
+                 min_version: int = 0) -> RolloutBatch:
+        """Sample ``rollout.group_size`` samples for each group with the newest weights offered.
+
+        Raises :class:`WeightsBehindError` when this actor holds an older version than ``min_version``
+        (the version published when the call was issued): an actor Ray restarted has its initial
+        weights until the collective group re-forms, and must not sample with them.
+        """
         start = time.time()
         if self.offloaded:
             self.policy.to(self.device)
             self.offloaded = False
         self._apply_staged()
         self.apply_weights(handle)
-        if self.cfg.simulate.enabled:
-            return self._simulated(groups, start)
-        return rollout_groups(self.policy, groups, self.cfg.rollout.group_size, self.cfg.rollout.sampler,
-                              self.version, self.device)
+        if self.version < min_version:
+            raise WeightsBehindError(f"rollout actor {self.actor_index} holds policy version {self.version}, "
+                                     f"the call needs >= {min_version}")
+        batch = self._simulated(groups, start) if self.cfg.simulate.enabled else rollout_groups(
+            self.policy, groups, self.cfg.rollout.group_size, self.cfg.rollout.sampler, self.version, self.device)
+        batch.weights_digest, batch.digest_s, self.digest_s = self.digest, self.digest_s, 0.0
+        return batch
 
     def _simulated(self, groups: list[GroupSpec], start: float) -> RolloutBatch:
         """Stage-cost simulation: pay the configured time, return real-size random payloads."""

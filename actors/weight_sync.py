@@ -11,10 +11,30 @@ Only trainable tensors move (LoRA + preference modules). Two paths:
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import ray
 import torch
+
+WIRE_DTYPE = torch.float32
+"""Weights travel (and are digested) in float32 whatever either side holds: the learner's master copies
+are float32, and an actor casts into its own parameters' dtype. Buckets are sized in wire bytes, so every
+rank cuts the same buckets even when senders and receivers hold different dtypes."""
+
+
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """A digest of ``state`` as it travels: names and float32 bytes, in sorted name order (so it does not
+    depend on how the tensors were bucketed)."""
+    h = hashlib.blake2b(digest_size=16)
+    for name in sorted(state):
+        h.update(name.encode())
+        h.update(state[name].detach().to("cpu", WIRE_DTYPE).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+class WeightSyncError(RuntimeError):
+    """What a rollout actor applied is not what the learner published (or its adapters bound elsewhere)."""
 
 
 @dataclass(frozen=True)
@@ -54,8 +74,9 @@ def bucket_names(state: dict[str, torch.Tensor], bucket_bytes: int) -> list[list
     (a tensor larger than that gets a bucket of its own)."""
     buckets: list[list[str]] = [[]]
     size = 0
+    wire_bytes = torch.empty((), dtype=WIRE_DTYPE).element_size()
     for name in sorted(state):
-        nbytes = state[name].numel() * state[name].element_size()
+        nbytes = state[name].numel() * wire_bytes
         if buckets[-1] and size + nbytes > bucket_bytes:
             buckets.append([])
             size = 0
@@ -86,18 +107,24 @@ class CollectiveGroup:
             self.pg = dist.ProcessGroupGloo(self.store, rank, world_size, timeout)
 
     @torch.no_grad()
-    def broadcast_state(self, state: dict[str, torch.Tensor], bucket_bytes: int) -> None:
-        """Rank 0 sends ``state``; every other rank receives into its ``state`` tensors in place.
-        Every rank must hold the same names and shapes (the same trainable parameters)."""
+    def broadcast_state(self, state: dict[str, torch.Tensor], bucket_bytes: int) -> str:
+        """Rank 0 sends ``state``; every other rank receives into its ``state`` tensors in place (cast
+        from ``WIRE_DTYPE`` to each tensor's own dtype). Every rank must hold the same names and shapes
+        (the same trainable parameters). Returns :func:`state_digest` of what went over the wire, as
+        sent (rank 0) or as received (the others), for the driver to compare."""
+        digest = hashlib.blake2b(digest_size=16)
         for names in bucket_names(state, bucket_bytes):
             tensors = [state[n] for n in names]
-            flat = torch.cat([t.reshape(-1) for t in tensors]) if self.rank == 0 else torch.empty(
-                sum(t.numel() for t in tensors), dtype=tensors[0].dtype, device=tensors[0].device)
+            flat = torch.cat([t.reshape(-1).to(WIRE_DTYPE) for t in tensors]) if self.rank == 0 else torch.empty(
+                sum(t.numel() for t in tensors), dtype=WIRE_DTYPE, device=tensors[0].device)
             opts = self._dist.BroadcastOptions()
             opts.rootRank = 0
             self.pg.broadcast([flat], opts).wait()
-            if self.rank != 0:
-                offset = 0
-                for t in tensors:
+            host, offset = flat.cpu().numpy(), 0
+            for name, t in zip(names, tensors):
+                digest.update(name.encode())
+                digest.update(host[offset: offset + t.numel()].tobytes())
+                if self.rank != 0:
                     t.copy_(flat[offset: offset + t.numel()].view_as(t))
-                    offset += t.numel()
+                offset += t.numel()
+        return digest.hexdigest()

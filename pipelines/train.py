@@ -30,8 +30,8 @@ from rich.table import Table
 from tqdm import tqdm
 
 from actors.learner import LearnerGroup
-from actors.rollout_actor import RolloutActor
-from actors.weight_sync import ObjectStoreWeightSync, WeightHandle
+from actors.rollout_actor import RolloutActor, WeightsBehindError
+from actors.weight_sync import ObjectStoreWeightSync, WeightHandle, WeightSyncError
 from infra.checkpoint import load_latest_checkpoint, save_checkpoint
 from infra.config import Config, dump_config
 from infra.pools import build_pools, release_pools
@@ -118,6 +118,10 @@ class Trainer:
         self.tracker: Tracker | None = None
         self.handle: WeightHandle | None = None
         self.sync = ObjectStoreWeightSync()
+        self.group_id = 0
+        """Formation of the collective weight-sync group (re-formed when a rollout actor restarts)."""
+        self.published: dict[int, str] = {}
+        """Digest of each published policy version (the recent ones), as the learner sent it."""
         try:
             self._start(restored)
         except BaseException:
@@ -141,6 +145,7 @@ class Trainer:
         self.actors = [RolloutActor.options(**self.rollout_pool.options(i), max_restarts=restarts,
                                             max_task_retries=restarts)
                        .remote(cfg_json, self.base_checkpoint, i) for i in range(cfg.rollout.num_actors)]
+        self._check_adapters()
         if restored is not None:
             self._restore(*restored)
         self.tracker = Tracker.start(cfg, run_id=self.state.mlflow_run_id)
@@ -177,33 +182,86 @@ class Trainer:
         prune_learner_checkpoints(self.run_dir)
 
     # ---- weight sync ---------------------------------------------------------------------------
+    def _check_adapters(self) -> None:
+        """Every role's adapters bound the same modules, and every LoRA target bound some: otherwise
+        weights would sync into nothing while the loop "trains" (verl-omni #552, #658)."""
+        learner = self.learner.adapter_reports()
+        actors = ray.get([a.adapter_report.remote() for a in self.actors])
+        unbound = [t for t, n in learner[0].items() if n == 0]
+        if unbound:
+            raise WeightSyncError(f"model.lora_targets {unbound} bound no module of the {self.cfg.model.kind} "
+                                  f"backbone (bound: {learner[0]}); fix model.lora_targets")
+        for who, report in [(f"learner rank {r}", x) for r, x in enumerate(learner)] + \
+                           [(f"rollout actor {i}", x) for i, x in enumerate(actors)]:
+            if report != learner[0]:
+                raise WeightSyncError(f"{who}'s adapters bound {report}, learner rank 0's {learner[0]}: "
+                                      "the roles built different policies")
+
     def _join_weight_group(self) -> None:
-        """Learner rank 0 (root) and every rollout actor form the broadcast group."""
+        """Learner rank 0 (root) and every rollout actor form (a new formation of) the broadcast group."""
         gpus = self.cfg.learner.num_gpus_per_worker > 0 and self.cfg.rollout.num_gpus_per_actor > 0
         backend = "nccl" if gpus else "gloo"
         root = self.learner.workers[0]
         addr, port = ray.get(root.master_endpoint.remote())
         world = 1 + len(self.actors)
+        self.group_id += 1
         ray.get([root.init_weight_group.remote(addr, port, world, backend)]
-                + [a.init_weight_group.remote(addr, port, i + 1, world, backend) for i, a in enumerate(self.actors)])
+                + [a.init_weight_group.remote(addr, port, i + 1, world, backend, self.group_id)
+                   for i, a in enumerate(self.actors)])
 
     def publish_weights(self) -> None:
         """Make the learner's sampling (old) policy, as version ``state.version + 1``, the one the
-        next rollouts use."""
+        next rollouts use, and record its digest. The collective group is re-formed first if a rollout
+        actor restarted since it formed (a restarted actor is in no group)."""
         version = self.state.version + 1
         if self.cfg.cluster.weight_sync == "collective":
+            members = ray.get([a.weight_group_id.remote() for a in self.actors])
+            if any(m != self.group_id for m in members):
+                console.print(f"rollout actors {[i for i, m in enumerate(members) if m != self.group_id]} "
+                              "restarted: re-forming the weight-sync group")
+                self._join_weight_group()
             root = self.learner.workers[0]
-            ray.get([root.broadcast_weights.remote()] + [a.receive_weights.remote(version) for a in self.actors])
+            sent, *received = ray.get([root.broadcast_weights.remote()]
+                                      + [a.receive_weights.remote(version) for a in self.actors])
+            for i, digest in enumerate(received):
+                self._check_digest(f"rollout actor {i}", version, digest, sent)
         else:
-            self.handle = self.sync.publish(version, self.learner.sampling_weights())
+            ref, sent = self.learner.sampling_weights()
+            self.handle = self.sync.publish(version, ref)
+        self.published = {v: d for v, d in self.published.items() if v >= version - self.cfg.loop.max_staleness - 1}
+        self.published[version] = sent
+
+    @staticmethod
+    def _check_digest(who: str, version: int, got: str | None, sent: str) -> None:
+        if got != sent:
+            raise WeightSyncError(f"{who} holds policy version {version} with weights digest {got}, but the "
+                                  f"learner published {sent}: the weight sync corrupted or dropped tensors")
 
     # ---- one stage each -------------------------------------------------------------------------
-    def issue_rollouts(self, step: int) -> list[ray.ObjectRef]:
-        """Split the step's groups over the actors; each call carries the newest weight handle."""
+    def issue_rollouts(self, step: int) -> list[tuple[int, list, ray.ObjectRef]]:
+        """Split the step's groups over the actors: ``(actor index, groups, ref)`` per chunk. Each call
+        carries the newest weight handle and the version it must sample with at least."""
         groups = plan_groups(self.cfg, step)
         chunks = np.array_split(np.arange(len(groups)), len(self.actors))
-        return [a.generate.remote([groups[i] for i in c], self.handle)
-                for a, c in zip(self.actors, chunks) if len(c)]
+        return [(i, part, self.actors[i].generate.remote(part, self.handle, self.state.version + 1))
+                for i, c in enumerate(chunks) if len(c) for part in [[groups[j] for j in c]]]
+
+    def collect(self, chunks: list[tuple[int, list, ray.ObjectRef]]) -> RolloutBatch:
+        """Wait for a step's chunks and check each against what the learner published. A chunk whose
+        actor restarted without the current weights (collective sync) is sampled again once the
+        group has re-formed; its groups keep their ids and seeds."""
+        batches = []
+        for i, groups, ref in chunks:
+            try:
+                batch = ray.get(ref)
+            except WeightsBehindError:
+                self.publish_weights()  # re-forms the group and sends the restarted actor the current version
+                batch = ray.get(self.actors[i].generate.remote(groups, self.handle, self.state.version + 1))
+            self._check_digest(f"rollout actor {i}", batch.policy_version, batch.weights_digest,
+                               self.published.get(batch.policy_version, "(a version no longer recorded)"))
+            self.clock.add("weight_check", batch.digest_s)
+            batches.append(batch)
+        return concat_batches(batches)
 
     def score(self, batch: RolloutBatch) -> torch.Tensor:
         t0 = time.perf_counter()
@@ -258,7 +316,7 @@ class Trainer:
     def run(self) -> SweepResult | None:
         cfg, st = self.cfg, self.state
         total = cfg.loop.steps
-        in_flight: collections.deque[tuple[int, list[ray.ObjectRef]]] = collections.deque()
+        in_flight: collections.deque[tuple[int, list[tuple[int, list, ray.ObjectRef]]]] = collections.deque()
         next_issue = st.step
         wall0 = time.perf_counter()
         samples_done = 0
@@ -269,9 +327,9 @@ class Trainer:
                 while next_issue < total and len(in_flight) < self.max_steps_ahead:
                     in_flight.append((next_issue, self.issue_rollouts(next_issue)))
                     next_issue += 1
-                step, refs = in_flight.popleft()
+                step, chunks = in_flight.popleft()
                 t0 = time.perf_counter()
-                batch = concat_batches(ray.get(refs))
+                batch = self.collect(chunks)
                 self.clock.add("rollout_wait", time.perf_counter() - t0)
                 self.clock.add("rollout", batch.sample_seconds)
                 batch.rewards = self.score(batch)

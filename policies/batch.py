@@ -92,6 +92,10 @@ class RolloutBatch:
     rewards: torch.Tensor | None = None
     """``[B, M]`` raw scores per objective."""
     sample_seconds: float = 0.0
+    weights_digest: str | None = None
+    """Digest of the weights the actor sampled with, as they arrived (checked against the learner's)."""
+    digest_s: float = 0.0
+    """Seconds the actor spent digesting arriving weights for this batch."""
     conditions: Condition | None = None
     """One row per group: what the backbone encoded from its prompt (and source image)."""
     images: torch.Tensor | None = None

@@ -128,6 +128,20 @@ class Policy(nn.Module):
     def trainable_named(self) -> Iterator[tuple[str, nn.Parameter]]:
         return ((n, p) for n, p in self.net.named_parameters() if p.requires_grad)
 
+    def adapter_report(self, targets: list[str]) -> dict[str, int]:
+        """How many modules each LoRA target name bound (``{}`` without LoRA): a target that bound none,
+        or a count that differs between roles, means weights would sync into nothing."""
+        if not self.lora:
+            return {}
+        from peft.tuners.lora import LoraLayer
+
+        counts = dict.fromkeys(targets, 0)
+        for name, module in self.net.named_modules():
+            leaf = name.rsplit(".", 1)[-1]
+            if isinstance(module, LoraLayer) and leaf in counts:
+                counts[leaf] += 1
+        return counts
+
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """Detached CPU copies of the trainable tensors (what is synced and checkpointed)."""
         return {n: p.detach().to("cpu", copy=True) for n, p in self.trainable_named()}

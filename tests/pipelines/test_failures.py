@@ -37,8 +37,13 @@ def inject_once(monkeypatch, at_step: int, action) -> None:
 
 
 @pytest.mark.slow
-def test_killed_rollout_actor_is_restarted_and_its_groups_reissued(ray_local, tiny_base, tmp_path, monkeypatch):
+@pytest.mark.parametrize("weight_sync", ["object_store", "collective"])
+def test_killed_rollout_actor_is_restarted_and_its_groups_reissued(ray_local, tiny_base, tmp_path, monkeypatch,
+                                                                   weight_sync):
+    """Collective sync: the restarted actor is in no group and holds its initial weights, so its re-run
+    rollout is refused, the group re-forms, and the chunk is sampled again with the current weights."""
     cfg = tiny_cfg(tmp_path, tiny_base, steps=6)
+    cfg.cluster.weight_sync = weight_sync
     restarted = []
     original_close = train_mod.Trainer.close
 
@@ -144,3 +149,28 @@ def test_failed_start_releases_the_reward_app_and_every_pool(ray_local, tiny_bas
         train_mod.train(cfg, progress=False)
     assert live_placement_groups() == []
     assert "rewards" not in serve.status().applications
+
+
+def test_weights_an_actor_did_not_receive_from_the_learner_stop_the_run(ray_local, tiny_base, tmp_path):
+    from actors.weight_sync import WeightHandle, WeightSyncError
+
+    trainer = train_mod.Trainer(tiny_cfg(tmp_path, tiny_base), progress=False)
+    try:
+        # Actor 0 gets the published version number with other tensors (a corrupt or foreign transfer).
+        state = ray.get(trainer.handle.refs[0])
+        corrupt = {k: v + 1e-3 * (i == 0) for i, (k, v) in enumerate(sorted(state.items()))}
+        ray.get(trainer.actors[0].apply_weights.remote(WeightHandle(trainer.handle.version, [ray.put(corrupt)], 0)))
+        with pytest.raises(WeightSyncError, match="rollout actor 0 holds policy version 1 with weights digest"):
+            trainer.run()
+    finally:
+        trainer.close()
+
+
+def test_a_lora_target_that_binds_nothing_stops_the_start(ray_local, tiny_base, tmp_path):
+    from actors.weight_sync import WeightSyncError
+
+    cfg = tiny_cfg(tmp_path, tiny_base)
+    cfg.model.lora_targets = ["fc1", "to_q"]  # toy2d has no to_q: peft adapts fc1 and silently skips it
+    with pytest.raises(WeightSyncError, match=r"model.lora_targets \['to_q'\] bound no module"):
+        train_mod.train(cfg, progress=False)
+    assert live_placement_groups() == []
