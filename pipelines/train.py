@@ -43,6 +43,7 @@ from pipelines.plots import sample_figure, sweep_grid
 from policies.batch import RolloutBatch, concat_batches
 from policies.policy import build_policy
 from policies.preferences import plan_groups, simplex_grid, step_seed
+from policies.prompts import prompt_set
 from policies.train_step import TrainShard, batch_advantages
 from reward_servers.base import RewardInputs
 from reward_servers.client import RewardClient, reward_step_metrics
@@ -99,6 +100,7 @@ class Trainer:
         self.cfg, self.progress = cfg, progress
         self.run_dir = Path(cfg.run_dir)
         self.state = LoopState()
+        prompt_set(cfg)  # a bad prompt set fails here, before pre-training and Ray start
         restored = load_latest_checkpoint(self.run_dir) if resume else None
         if not resume and (self.run_dir / "checkpoints" / "latest.json").exists():
             raise FileExistsError(
