@@ -359,9 +359,12 @@ class LoopConfig(Strict):
     """Rollouts may run this many policy versions ahead of the learner (0 = on-policy, synchronous)."""
     seed: int = 0
     log_every: int = Field(1, ge=1)
+    """Record the step's metrics every N steps (they reach MLflow at the next checkpoint)."""
     scatter_every: int = Field(100, ge=1)
     """Log a scatter of samples coloured by w every N steps."""
     checkpoint_every: int = Field(50, ge=1)
+    """Checkpoint every N steps (and at the last). Training metrics reach MLflow here: the history
+    holds only steps a checkpoint kept, so each step appears once after a crash and ``--resume``."""
     eval_samples: int = Field(512, ge=1)
     """Samples per preference in the final sweep."""
 

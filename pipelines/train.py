@@ -100,6 +100,8 @@ class Trainer:
         self.cfg, self.progress = cfg, progress
         self.run_dir = Path(cfg.run_dir)
         self.state = LoopState()
+        self.restored_metrics: list[tuple] = []
+        """The staged metrics of the checkpoint resumed from (logged if the crash lost them)."""
         prompt_set(cfg)  # a bad prompt set fails here, before pre-training and Ray start
         restored = load_latest_checkpoint(self.run_dir) if resume else None
         if not resume and (self.run_dir / "checkpoints" / "latest.json").exists():
@@ -128,6 +130,7 @@ class Trainer:
             self._restore(*restored)
         self.tracker = Tracker.start(cfg, run_id=self.state.mlflow_run_id)
         self.state.mlflow_run_id = self.tracker.run_id
+        self.tracker.log_missing_metrics(self.restored_metrics)
         if cfg.cluster.weight_sync == "collective":
             self._join_weight_group()
         self.handle: WeightHandle | None = None
@@ -145,6 +148,7 @@ class Trainer:
                                mlflow_run_id=blob["loop"]["mlflow_run_id"] or None)
         self.learner.load_optimizer(self.run_dir / "checkpoints" / "learner", blob["loop"]["learner_tag"])
         self.learner.import_state(blob["weights"])
+        self.restored_metrics = [tuple(m) for m in blob.get("metrics", [])]
         console.print(f"resumed from step {self.state.step} (checkpoint {step}), "
                       f"{len(self.state.consumed)} groups already trained")
 
@@ -157,8 +161,12 @@ class Trainer:
                      "mlflow_run_id": self.state.mlflow_run_id or "", "learner_tag": tag,
                      "base": self.base_checkpoint},
             "weights": self.learner.export_state(),
+            "metrics": list(self.tracker.staged),
         })
         prune_learner_checkpoints(self.run_dir)
+        # Only now: a crash before this line resumes from the previous checkpoint and trains these
+        # steps again, and the history must not hold both trainings' values.
+        self.tracker.commit_metrics()
 
     # ---- weight sync ---------------------------------------------------------------------------
     def _join_weight_group(self) -> None:
@@ -271,7 +279,7 @@ class Trainer:
                     metrics[f"time/{k}_s"] = v
                 t0 = time.perf_counter()
                 if st.step % cfg.loop.log_every == 0:
-                    self.tracker.log_metrics(metrics, st.step)
+                    self.tracker.stage_metrics(metrics, st.step)
                 if not cfg.simulate.enabled and (st.step % cfg.loop.scatter_every == 0 or st.step == total):
                     self.tracker.log_figure(sample_figure(batch, cfg, f"step {st.step}"),
                                             f"scatter/step_{st.step:06d}.png")

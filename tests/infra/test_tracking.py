@@ -110,6 +110,53 @@ def test_resume_continues_the_same_run(store, workdir, caplog):
     third.end()
 
 
+def test_staged_metrics_reach_the_history_only_when_committed(store, workdir):
+    from infra.checkpoint import load_latest_checkpoint, save_checkpoint
+
+    tracker = Tracker.start(make_cfg(store))
+    client = MlflowClient(tracking_uri=f"sqlite:///{store}")
+    values = {(key, step): step * 0.5 + k for k, key in enumerate(("a", "b", "c")) for step in range(1, 451)}
+    for step in range(1, 451):
+        tracker.stage_metrics({key: torch.tensor(values[key, step]) for key in ("a", "b", "c")}, step)
+    assert metric_history(client, tracker.run_id, "a") == []
+    # The staged entries round-trip through a checkpoint (torch.load(weights_only=True)).
+    save_checkpoint(workdir / "run", 450, {"metrics": list(tracker.staged)})
+    assert load_latest_checkpoint(workdir / "run")[1]["metrics"] == tracker.staged
+    tracker.commit_metrics()  # 1350 entries: more than one log_batch may carry
+    assert tracker.staged == []
+    for key in ("a", "b", "c"):
+        assert metric_history(client, tracker.run_id, key) == [(s, values[key, s]) for s in range(1, 451)]
+
+
+def test_missing_metrics_are_logged_once_after_a_partial_commit(store, workdir):
+    tracker = Tracker.start(make_cfg(store))
+    client = MlflowClient(tracking_uri=f"sqlite:///{store}")
+    for step in (1, 2, 3):
+        tracker.stage_metrics({"loss": 10.0 + step, "reward": 20.0 + step}, step)
+    kept = list(tracker.staged)
+    tracker.staged = [e for e in kept if e[0] == "loss" and e[1] < 3]  # the crash cut the commit short
+    tracker.commit_metrics()
+
+    resumed = Tracker.start(make_cfg(store), run_id=tracker.run_id)
+    resumed.log_missing_metrics(kept)
+    resumed.log_missing_metrics(kept)  # a second crash and resume from the same checkpoint
+    assert metric_history(client, tracker.run_id, "loss") == [(1, 11.0), (2, 12.0), (3, 13.0)]
+    assert metric_history(client, tracker.run_id, "reward") == [(1, 21.0), (2, 22.0), (3, 23.0)]
+
+
+def test_uncommitted_metrics_of_a_failed_run_are_an_artifact_not_history(store, workdir, tmp_path):
+    tracker = Tracker.start(make_cfg(store))
+    client = MlflowClient(tracking_uri=f"sqlite:///{store}")
+    tracker.stage_metrics({"loss": 1.5}, 1)
+    tracker.commit_metrics()
+    tracker.stage_metrics({"loss": float("nan")}, 2)
+    tracker.end("FAILED")
+    assert metric_history(client, tracker.run_id, "loss") == [(1, 1.5)]
+    path = client.download_artifacts(tracker.run_id, "metrics/uncommitted_0.json", str(tmp_path))
+    rows = json.loads(Path(path).read_text())
+    assert [(r["key"], r["step"]) for r in rows] == [("loss", 2)] and rows[0]["value"] != rows[0]["value"]
+
+
 def test_resume_of_an_unknown_run_names_the_store(store, workdir):
     with pytest.raises(ValueError, match=r"cannot resume MLflow run deadbeef.*sqlite:///"):
         Tracker.start(make_cfg(store), run_id="deadbeef")
