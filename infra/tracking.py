@@ -82,6 +82,11 @@ def _artifact_location(uri: str) -> str | None:
     return str(db.parent / "mlartifacts") if db is not None else None
 
 
+def _entries(metrics: dict[str, float], step: int) -> list[StagedMetric]:
+    now = int(time.time() * 1000)
+    return [(k, int(step), float(v), now) for k, v in metrics.items()]
+
+
 class Tracker:
     """One MLflow run of a training job. Create it with :meth:`start`."""
 
@@ -162,8 +167,12 @@ class Tracker:
 
     def stage_metrics(self, metrics: dict[str, float], step: int) -> None:
         """Hold ``metrics`` of training ``step`` until :meth:`commit_metrics` (after a checkpoint)."""
-        now = int(time.time() * 1000)
-        self.staged.extend((k, int(step), float(v), now) for k, v in metrics.items())
+        self.staged.extend(_entries(metrics, step))
+
+    def log_metrics_once(self, metrics: dict[str, float], step: int) -> None:
+        """Log those of ``metrics`` whose ``(key, step)`` the history lacks: results of a checkpointed
+        model (the final sweep) that a resume after a crash computes again."""
+        self.log_missing_metrics(_entries(metrics, step))
 
     def commit_metrics(self) -> None:
         """Log the staged metrics: call it once the checkpoint that holds ``self.staged`` is written."""

@@ -348,10 +348,11 @@ def log_sweep(tracker: Tracker, result: SweepResult, step: int) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    # _once: a driver killed after the last checkpoint sweeps the same model again on --resume.
     for i, row in enumerate(result.rows()):
-        tracker.log_metrics({f"sweep/{k}": v for k, v in row.items() if k.startswith("r_")}, i)
+        tracker.log_metrics_once({f"sweep/{k}": v for k, v in row.items() if k.startswith("r_")}, i)
     for name, r in zip(result.objective_names, result.base_rewards):
-        tracker.log_metrics({f"sweep/base_r_{name}": float(r)}, step)
+        tracker.log_metrics_once({f"sweep/base_r_{name}": float(r)}, step)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "sweep.parquet"
         pq.write_table(pa.Table.from_pylist(result.rows()), path)

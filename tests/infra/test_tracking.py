@@ -184,6 +184,17 @@ def test_missing_metrics_are_logged_once_after_a_partial_commit(store_uri, workd
     assert metric_history(client, tracker.run_id, "reward") == [(1, 21.0), (2, 22.0), (3, 23.0)]
 
 
+def test_results_logged_once_keep_their_first_value(store_uri, workdir):
+    tracker = Tracker.start(make_cfg(store_uri))
+    client = MlflowClient(tracking_uri=store_uri)
+    tracker.log_metrics_once({"sweep/hv": 0.5, "sweep/base": 0.1}, 8)
+    tracker.log_metrics_once({"sweep/hv": 0.5, "sweep/base": 0.1, "sweep/new": 2.0}, 8)  # the sweep again
+    tracker.log_metrics_once({"sweep/hv": 0.75}, 9)
+    assert metric_history(client, tracker.run_id, "sweep/hv") == [(8, 0.5), (9, 0.75)]
+    assert metric_history(client, tracker.run_id, "sweep/base") == [(8, 0.1)]
+    assert metric_history(client, tracker.run_id, "sweep/new") == [(8, 2.0)]
+
+
 def test_uncommitted_metrics_of_a_failed_run_are_an_artifact_not_history(store_uri, workdir, tmp_path):
     tracker = Tracker.start(make_cfg(store_uri))
     client = MlflowClient(tracking_uri=store_uri)

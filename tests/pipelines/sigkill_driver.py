@@ -1,10 +1,12 @@
 """A training driver that SIGKILLs itself, for the resume tests of ``test_failures.py``.
 
-    python sigkill_driver.py CONFIG_JSON ATTEMPT RECORD_JSONL [--kill-after-step N | --kill-before-commit]
+    python sigkill_driver.py CONFIG_JSON ATTEMPT RECORD_JSONL [--kill-after-step N | --kill-before-commit |
+                                                               --kill-in-sweep]
 
 ``--kill-after-step N``: right after step N's metrics are staged (between checkpoints, when N is not
 a checkpoint step); ``--kill-before-commit``: after the first checkpoint this attempt writes, before
-its metrics are committed to MLflow. Every staged step also gets the metric ``probe/attempt`` and is
+its metrics are committed to MLflow; ``--kill-in-sweep``: in the final sweep, after its metrics are
+logged. Every staged step also gets the metric ``probe/attempt`` and is
 appended to RECORD_JSONL, so a test knows what each attempt computed without asking MLflow.
 """
 
@@ -28,6 +30,7 @@ def main() -> None:
     parser.add_argument("record")
     parser.add_argument("--kill-after-step", type=int)
     parser.add_argument("--kill-before-commit", action="store_true")
+    parser.add_argument("--kill-in-sweep", action="store_true")
     args = parser.parse_args()
     cfg = Config.model_validate_json(Path(args.config).read_text())
     stage, commit = Tracker.stage_metrics, Tracker.commit_metrics
@@ -46,6 +49,8 @@ def main() -> None:
         commit(self)
 
     Tracker.stage_metrics, Tracker.commit_metrics = staged, committed
+    if args.kill_in_sweep:
+        train_mod.print_sweep = lambda result: os.kill(os.getpid(), signal.SIGKILL)
     train_mod.train(cfg, resume=args.attempt > 1, progress=False)
 
 

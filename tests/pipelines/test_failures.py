@@ -100,7 +100,8 @@ ROOT = Path(__file__).parents[2]
 @pytest.mark.slow
 def test_sigkilled_driver_resumes_with_one_value_per_step(tiny_base, tmp_path):
     """Attempt 1 dies between the checkpoints 3 and 6, attempt 2 between writing checkpoint 6 and
-    committing its metrics, attempt 3 finishes: each step appears once, with the kept training's value."""
+    committing its metrics, attempt 3 in the final sweep, attempt 4 finishes: each step appears once,
+    with the kept training's value."""
     cfg = tiny_cfg(tmp_path, tiny_base, steps=8, checkpoint_every=3, scatter_every=100)
     config, record = tmp_path / "config.json", tmp_path / "record.jsonl"
     config.write_text(cfg.model_dump_json())
@@ -120,7 +121,13 @@ def test_sigkilled_driver_resumes_with_one_value_per_step(tiny_base, tmp_path):
     assert attempt(2, "--kill-before-commit") == -signal.SIGKILL
     assert load_latest_checkpoint(cfg.run_dir)[0] == 6
     assert sorted(m.step for m in client.get_metric_history(run_id, "probe/attempt")) == [1, 2, 3]
-    assert attempt(3) == 0
+    assert attempt(3, "--kill-in-sweep") == -signal.SIGKILL
+    sweep_keys = [k for k in client.get_run(run_id).data.metrics if k.startswith("sweep/")]
+    assert sweep_keys
+    assert attempt(4) == 0
+    for key in sweep_keys:  # attempt 4 swept the same checkpoint again
+        steps = sorted(m.step for m in client.get_metric_history(run_id, key))
+        assert steps == ([8] if key.startswith("sweep/base_r_") else [0, 1, 2]), key
 
     records = [json.loads(line) for line in record.read_text().splitlines()]
     trained = sorted((r["step"], r["attempt"]) for r in records)
