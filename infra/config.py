@@ -153,9 +153,15 @@ class DataConfig(Strict):
 
     kind: Literal["none", "shapes", "shapes_edit", "file"] = "none"
     """``none``: unconditional toy2d; ``shapes``: the 54 shapes captions; ``shapes_edit``: procedural
-    edits (instruction + source image); ``file``: prompts (or JSON lines with a source image) from ``path``."""
+    edits (instruction + source image); ``file``: prompts (text lines, JSON lines with a source image, or
+    a ``.parquet``) from ``path``."""
     path: str | None = None
-    """Prompt file of ``kind: file``."""
+    """Prompt file of ``kind: file``: one prompt per line, JSON lines ``{"prompt", "source_image"}``, or a
+    ``.parquet`` with a string ``prompt`` column and an optional ``source_image`` column (a path string or
+    PNG / JPEG bytes)."""
+    parquet_batch_rows: int = Field(1024, ge=1)
+    """Rows decoded at a time from a ``.parquet`` prompt set: the set is read a batch at a time, never
+    whole, so this bounds the memory a large set (e.g. with image bytes) takes."""
     num_prompts: int = Field(256, ge=1)
     """``shapes_edit``: procedural edits in the training set."""
     eval_prompts: int = Field(4, ge=1)
@@ -356,9 +362,12 @@ class LoopConfig(Strict):
     """Rollouts may run this many policy versions ahead of the learner (0 = on-policy, synchronous)."""
     seed: int = 0
     log_every: int = Field(1, ge=1)
+    """Record the step's metrics every N steps (they reach MLflow at the next checkpoint)."""
     scatter_every: int = Field(100, ge=1)
     """Log a scatter of samples coloured by w every N steps."""
     checkpoint_every: int = Field(50, ge=1)
+    """Checkpoint every N steps (and at the last). Training metrics reach MLflow here: the history
+    holds only steps a checkpoint kept, so each step appears once after a crash and ``--resume``."""
     eval_samples: int = Field(512, ge=1)
     """Samples per preference in the final sweep."""
 

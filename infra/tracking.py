@@ -5,10 +5,18 @@ Everything goes through an explicit ``MlflowClient`` and run id, never the fluen
 "active run" to trip over. Params (the flattened config) are logged once, when the run is
 created; MLflow refuses to change a param, so a resumed run logs the config it resumed with as a
 new ``config_resume_<n>.yaml`` artifact and warns about the keys that differ.
+
+Training metrics are *staged* and reach MLflow only when a checkpoint holds the training they
+measure (:meth:`Tracker.stage_metrics`, :meth:`Tracker.commit_metrics`): MLflow's metric history is
+append-only (no store, SQLite or server, can delete an entry), so metrics logged live for steps
+after the last checkpoint would stay in the history next to the values of the steps trained again
+after a crash and ``--resume``. The staged entries travel in the checkpoint, so a crash between
+writing the checkpoint and committing loses none (:meth:`Tracker.log_missing_metrics` on resume).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -29,6 +37,7 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag  # noqa: E402
 from mlflow.entities.lifecycle_stage import LifecycleStage  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.telemetry import set_telemetry_client  # noqa: E402
+from mlflow.utils.validation import MAX_METRICS_PER_BATCH  # noqa: E402
 
 if _MLFLOW_PRELOADED:
     set_telemetry_client()  # re-reads the switch; drops the client an earlier import started
@@ -40,6 +49,9 @@ logger = logging.getLogger(__name__)
 
 END_STATUSES = ("FINISHED", "FAILED", "KILLED")
 RESUME_COUNT_TAG = "paretoslider.resume_count"
+
+StagedMetric = tuple[str, int, float, int]
+"""``(key, step, value, timestamp ms)``: plain values, so a checkpoint can hold it."""
 
 
 def resolve_tracking_uri(cfg_uri: str | None = None) -> str:
@@ -70,14 +82,22 @@ def _artifact_location(uri: str) -> str | None:
     return str(db.parent / "mlartifacts") if db is not None else None
 
 
+def _entries(metrics: dict[str, float], step: int) -> list[StagedMetric]:
+    now = int(time.time() * 1000)
+    return [(k, int(step), float(v), now) for k, v in metrics.items()]
+
+
 class Tracker:
     """One MLflow run of a training job. Create it with :meth:`start`."""
 
-    def __init__(self, client: MlflowClient, run_id: str, resumed: bool) -> None:
+    def __init__(self, client: MlflowClient, run_id: str, resumed: bool, resume_count: int = 0) -> None:
         self.client = client
         self.run_id = run_id
         self.resumed = resumed
         """True if :meth:`start` continued an existing run instead of creating one."""
+        self.resume_count = resume_count
+        self.staged: list[StagedMetric] = []
+        """Metrics of steps no checkpoint holds yet (see :meth:`stage_metrics`)."""
 
     @classmethod
     def start(cls, cfg: Config, run_id: str | None = None) -> Tracker:
@@ -137,13 +157,40 @@ class Tracker:
         client.set_tag(run_id, RESUME_COUNT_TAG, str(count))
         client.log_text(run_id, dump_config(cfg), f"config_resume_{count}.yaml")
         logger.info("resumed MLflow run %s at %s (resume %d)", run_id, uri, count)
-        return cls(client, run_id, resumed=True)
+        return cls(client, run_id, resumed=True, resume_count=count)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         """Log every metric at ``step`` in one ``log_batch`` call (0-d tensors are fine)."""
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
         self.client.log_batch(self.run_id, metrics=batch)
+
+    def stage_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Hold ``metrics`` of training ``step`` until :meth:`commit_metrics` (after a checkpoint)."""
+        self.staged.extend(_entries(metrics, step))
+
+    def log_metrics_once(self, metrics: dict[str, float], step: int) -> None:
+        """Log those of ``metrics`` whose ``(key, step)`` the history lacks: results of a checkpointed
+        model (the final sweep) that a resume after a crash computes again."""
+        self.log_missing_metrics(_entries(metrics, step))
+
+    def commit_metrics(self) -> None:
+        """Log the staged metrics: call it once the checkpoint that holds ``self.staged`` is written."""
+        self._log_batches(self.staged)
+        self.staged = []
+
+    def log_missing_metrics(self, entries: list[StagedMetric]) -> None:
+        """Log the entries whose ``(key, step)`` the run's history lacks: the staged metrics of the
+        checkpoint a resume starts from, which the crashed driver may have committed in part or not
+        at all."""
+        logged = {key: {m.step for m in self.client.get_metric_history(self.run_id, key)}
+                  for key in {e[0] for e in entries}}
+        self._log_batches([e for e in entries if e[1] not in logged[e[0]]])
+
+    def _log_batches(self, entries: list[StagedMetric]) -> None:
+        for i in range(0, len(entries), MAX_METRICS_PER_BATCH):
+            batch = [Metric(k, v, ts, step) for k, step, v, ts in entries[i:i + MAX_METRICS_PER_BATCH]]
+            self.client.log_batch(self.run_id, metrics=batch)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
@@ -176,8 +223,15 @@ class Tracker:
             self.client.log_artifact(self.run_id, str(p), artifact_path)
 
     def end(self, status: str = "FINISHED") -> None:
+        """Close the run; staged metrics no checkpoint holds go to the artifact
+        ``metrics/uncommitted_<resume count>.json`` (what led up to a failure), not to the history, where
+        a resume logs the steps it trains again."""
         if status not in END_STATUSES:
             raise ValueError(f"status must be one of {END_STATUSES}, got {status!r}")
+        if self.staged:
+            rows = [{"key": k, "step": step, "value": v, "timestamp": ts} for k, step, v, ts in self.staged]
+            self.log_text(json.dumps(rows), f"metrics/uncommitted_{self.resume_count}.json")
+            self.staged = []
         self.client.set_terminated(self.run_id, status)
 
     def __enter__(self) -> Tracker:

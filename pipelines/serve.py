@@ -1,6 +1,6 @@
 """``paretoslider serve``: a trained slider behind Ray Serve, with a web page of one slider per objective.
 
-Routes (FastAPI ingress; OpenAPI schema at ``/openapi.json``, docs at ``/docs``):
+Routes (FastAPI ingress; OpenAPI schema at ``/openapi.json``, docs at ``/docs`` and ``/redoc``):
 
 - ``POST /v1/generate`` ``{prompt, preference, seed, steps, width, height, source_image?}`` -> PNG
   (``Accept: application/json`` -> JSON with the PNG in base64, plus the points of point-cloud
@@ -9,6 +9,9 @@ Routes (FastAPI ingress; OpenAPI schema at ``/openapi.json``, docs at ``/docs``)
   Concurrent requests are generated together with ``@serve.batch``.
 - ``GET /v1/objectives``: the objectives in ``w`` order, what they mean, and what the model takes.
 - ``GET /healthz``; ``GET /``: the slider page.
+
+The docs pages load Swagger UI / ReDoc from the ``fastapi-offline`` package through this endpoint
+(``/static-offline-docs/*``), not from a CDN, so they work on a cluster without internet.
 
 Bad input is answered 4xx with the field named (422 in FastAPI's ``detail`` shape, 413 for a body
 over ``serve.max_body_bytes``, 401 without the bearer token when ``serve.require_token``); nothing
@@ -31,8 +34,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 
@@ -95,8 +99,10 @@ GENERATE_BODY = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": GenerateRequest.model_json_schema()}}}}
 """The body schema for OpenAPI (the route reads the body itself, to bound its size)."""
 
-api = FastAPI(title="ParetoSlider", version="1",
-              description="One preference-conditioned model; move the preference along the Pareto front.")
+# validatorUrl=None: Swagger UI would otherwise send the schema URL of a non-localhost endpoint to
+# validator.swagger.io for a badge (a broken image offline, and a leak of the endpoint's address).
+api = FastAPIOffline(title="ParetoSlider", version="1", swagger_ui_parameters={"validatorUrl": None},
+                     description="One preference-conditioned model; move the preference along the Pareto front.")
 
 
 @api.exception_handler(InvalidRequest)

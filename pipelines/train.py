@@ -43,6 +43,7 @@ from pipelines.plots import sample_figure, sweep_grid
 from policies.batch import RolloutBatch, concat_batches
 from policies.policy import build_policy
 from policies.preferences import plan_groups, simplex_grid, step_seed
+from policies.prompts import prompt_set
 from policies.train_step import TrainShard, batch_advantages
 from reward_servers.base import RewardInputs
 from reward_servers.client import RewardClient, reward_step_metrics
@@ -99,6 +100,9 @@ class Trainer:
         self.cfg, self.progress = cfg, progress
         self.run_dir = Path(cfg.run_dir)
         self.state = LoopState()
+        self.restored_metrics: list[tuple] = []
+        """The staged metrics of the checkpoint resumed from (logged if the crash lost them)."""
+        prompt_set(cfg)  # a bad prompt set fails here, before pre-training and Ray start
         restored = load_latest_checkpoint(self.run_dir) if resume else None
         if not resume and (self.run_dir / "checkpoints" / "latest.json").exists():
             raise FileExistsError(
@@ -150,6 +154,7 @@ class Trainer:
             self._restore(*restored)
         self.tracker = Tracker.start(cfg, run_id=self.state.mlflow_run_id)
         self.state.mlflow_run_id = self.tracker.run_id
+        self.tracker.log_missing_metrics(self.restored_metrics)
         if cfg.cluster.weight_sync == "collective":
             self._join_weight_group()
         self.publish_weights()
@@ -166,6 +171,7 @@ class Trainer:
                                mlflow_run_id=blob["loop"]["mlflow_run_id"] or None)
         self.learner.load_optimizer(self.run_dir / "checkpoints" / "learner", blob["loop"]["learner_tag"])
         self.learner.import_state(blob["weights"])
+        self.restored_metrics = [tuple(m) for m in blob.get("metrics", [])]
         console.print(f"resumed from step {self.state.step} (checkpoint {step}), "
                       f"{len(self.state.consumed)} groups already trained")
 
@@ -178,8 +184,12 @@ class Trainer:
                      "mlflow_run_id": self.state.mlflow_run_id or "", "learner_tag": tag,
                      "base": self.base_checkpoint},
             "weights": self.learner.export_state(),
+            "metrics": list(self.tracker.staged),
         })
         prune_learner_checkpoints(self.run_dir)
+        # Only now: a crash before this line resumes from the previous checkpoint and trains these
+        # steps again, and the history must not hold both trainings' values.
+        self.tracker.commit_metrics()
 
     # ---- weight sync ---------------------------------------------------------------------------
     def _check_adapters(self) -> None:
@@ -345,7 +355,7 @@ class Trainer:
                     metrics[f"time/{k}_s"] = v
                 t0 = time.perf_counter()
                 if st.step % cfg.loop.log_every == 0:
-                    self.tracker.log_metrics(metrics, st.step)
+                    self.tracker.stage_metrics(metrics, st.step)
                 if not cfg.simulate.enabled and (st.step % cfg.loop.scatter_every == 0 or st.step == total):
                     self.tracker.log_figure(sample_figure(batch, cfg, f"step {st.step}"),
                                             f"scatter/step_{st.step:06d}.png")
@@ -417,10 +427,11 @@ def log_sweep(tracker: Tracker, result: SweepResult, step: int) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    # _once: a driver killed after the last checkpoint sweeps the same model again on --resume.
     for i, row in enumerate(result.rows()):
-        tracker.log_metrics({f"sweep/{k}": v for k, v in row.items() if k.startswith("r_")}, i)
+        tracker.log_metrics_once({f"sweep/{k}": v for k, v in row.items() if k.startswith("r_")}, i)
     for name, r in zip(result.objective_names, result.base_rewards):
-        tracker.log_metrics({f"sweep/base_r_{name}": float(r)}, step)
+        tracker.log_metrics_once({f"sweep/base_r_{name}": float(r)}, step)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "sweep.parquet"
         pq.write_table(pa.Table.from_pylist(result.rows()), path)

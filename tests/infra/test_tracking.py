@@ -1,4 +1,5 @@
-"""MLflow tracking against a real SQLite store: new runs, resume by id, artifacts, URI rules."""
+"""MLflow tracking against a real SQLite store (and an MLflow server where the store matters): new runs,
+resume by id, staged metrics, artifacts, URI rules."""
 
 from __future__ import annotations
 
@@ -36,9 +37,48 @@ def workdir(tmp_path, monkeypatch) -> Path:
     return tmp_path
 
 
-def make_cfg(store: Path, *overrides: str) -> Config:
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real ``mlflow server`` (SQLite behind it, proxied artifacts) on a free loopback port."""
+    import socket
+    import time
+    import urllib.request
+
+    root = tmp_path_factory.mktemp("mlflow-server")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with (root / "server.log").open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'db.sqlite'}",
+             "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+             "--workers", "1"], stdout=log, stderr=log, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2)
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                os.killpg(proc.pid, 9)
+                pytest.fail(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+    yield url
+    os.killpg(proc.pid, 15)  # its own session: the server and its uvicorn worker
+    proc.wait(30)
+
+
+@pytest.fixture(params=["sqlite", "server"])
+def store_uri(request, store) -> str:
+    """The run's store: the module's SQLite file, or an MLflow server."""
+    return f"sqlite:///{store}" if request.param == "sqlite" else request.getfixturevalue("mlflow_server")
+
+
+def make_cfg(store: Path | str, *overrides: str) -> Config:
+    uri = store if isinstance(store, str) else f"sqlite:///{store}"
     return load_config(
-        overrides=[f"tracking.tracking_uri=sqlite:///{store}", "tracking.experiment=tests",
+        overrides=[f"tracking.tracking_uri={uri}", "tracking.experiment=tests",
                    "tracking.run_name=unit", *overrides]
     )
 
@@ -108,6 +148,64 @@ def test_resume_continues_the_same_run(store, workdir, caplog):
     assert client.get_run(run_id).info.status == "RUNNING"
     assert client.get_run(run_id).data.tags[RESUME_COUNT_TAG] == "2"
     third.end()
+
+
+def test_staged_metrics_reach_the_history_only_when_committed(store_uri, workdir):
+    from infra.checkpoint import load_latest_checkpoint, save_checkpoint
+
+    tracker = Tracker.start(make_cfg(store_uri))
+    client = MlflowClient(tracking_uri=store_uri)
+    values = {(key, step): step * 0.5 + k for k, key in enumerate(("a", "b", "c")) for step in range(1, 451)}
+    for step in range(1, 451):
+        tracker.stage_metrics({key: torch.tensor(values[key, step]) for key in ("a", "b", "c")}, step)
+    assert metric_history(client, tracker.run_id, "a") == []
+    # The staged entries round-trip through a checkpoint (torch.load(weights_only=True)).
+    save_checkpoint(workdir / "run", 450, {"metrics": list(tracker.staged)})
+    assert load_latest_checkpoint(workdir / "run")[1]["metrics"] == tracker.staged
+    tracker.commit_metrics()  # 1350 entries: more than one log_batch may carry
+    assert tracker.staged == []
+    for key in ("a", "b", "c"):
+        assert metric_history(client, tracker.run_id, key) == [(s, values[key, s]) for s in range(1, 451)]
+
+
+def test_missing_metrics_are_logged_once_after_a_partial_commit(store_uri, workdir):
+    tracker = Tracker.start(make_cfg(store_uri))
+    client = MlflowClient(tracking_uri=store_uri)
+    for step in (1, 2, 3):
+        tracker.stage_metrics({"loss": 10.0 + step, "reward": 20.0 + step}, step)
+    kept = list(tracker.staged)
+    tracker.staged = [e for e in kept if e[0] == "loss" and e[1] < 3]  # the crash cut the commit short
+    tracker.commit_metrics()
+
+    resumed = Tracker.start(make_cfg(store_uri), run_id=tracker.run_id)
+    resumed.log_missing_metrics(kept)
+    resumed.log_missing_metrics(kept)  # a second crash and resume from the same checkpoint
+    assert metric_history(client, tracker.run_id, "loss") == [(1, 11.0), (2, 12.0), (3, 13.0)]
+    assert metric_history(client, tracker.run_id, "reward") == [(1, 21.0), (2, 22.0), (3, 23.0)]
+
+
+def test_results_logged_once_keep_their_first_value(store_uri, workdir):
+    tracker = Tracker.start(make_cfg(store_uri))
+    client = MlflowClient(tracking_uri=store_uri)
+    tracker.log_metrics_once({"sweep/hv": 0.5, "sweep/base": 0.1}, 8)
+    tracker.log_metrics_once({"sweep/hv": 0.5, "sweep/base": 0.1, "sweep/new": 2.0}, 8)  # the sweep again
+    tracker.log_metrics_once({"sweep/hv": 0.75}, 9)
+    assert metric_history(client, tracker.run_id, "sweep/hv") == [(8, 0.5), (9, 0.75)]
+    assert metric_history(client, tracker.run_id, "sweep/base") == [(8, 0.1)]
+    assert metric_history(client, tracker.run_id, "sweep/new") == [(8, 2.0)]
+
+
+def test_uncommitted_metrics_of_a_failed_run_are_an_artifact_not_history(store_uri, workdir, tmp_path):
+    tracker = Tracker.start(make_cfg(store_uri))
+    client = MlflowClient(tracking_uri=store_uri)
+    tracker.stage_metrics({"loss": 1.5}, 1)
+    tracker.commit_metrics()
+    tracker.stage_metrics({"loss": float("nan")}, 2)
+    tracker.end("FAILED")
+    assert metric_history(client, tracker.run_id, "loss") == [(1, 1.5)]
+    path = client.download_artifacts(tracker.run_id, "metrics/uncommitted_0.json", str(tmp_path))
+    rows = json.loads(Path(path).read_text())
+    assert [(r["key"], r["step"]) for r in rows] == [("loss", 2)] and rows[0]["value"] != rows[0]["value"]
 
 
 def test_resume_of_an_unknown_run_names_the_store(store, workdir):

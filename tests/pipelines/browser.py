@@ -22,7 +22,9 @@ def browser(tmp_path, monkeypatch):
     options.binary_location = CHROMIUM
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                 f"--user-data-dir={tmp_path / 'chrome'}", "--window-size=1100,800"):
+                 f"--user-data-dir={tmp_path / 'chrome'}", "--window-size=1100,800",
+                 # No host but loopback resolves: a page that needs a CDN fails here as it would offline.
+                 "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(30)

@@ -3,7 +3,13 @@ hung reward. Every run either finishes with each group trained exactly once or f
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -90,6 +96,56 @@ def test_killed_learner_fails_loudly_then_resume_finishes(ray_local, tiny_base, 
     monkeypatch.undo()
     train_mod.train(cfg, resume=True, progress=False)
     assert consumed_ids(cfg) == all_group_ids(cfg, 6)
+
+
+DRIVER = Path(__file__).with_name("sigkill_driver.py")
+ROOT = Path(__file__).parents[2]
+
+
+@pytest.mark.slow
+def test_sigkilled_driver_resumes_with_one_value_per_step(tiny_base, tmp_path):
+    """Attempt 1 dies between the checkpoints 3 and 6, attempt 2 between writing checkpoint 6 and
+    committing its metrics, attempt 3 in the final sweep, attempt 4 finishes: each step appears once,
+    with the kept training's value."""
+    cfg = tiny_cfg(tmp_path, tiny_base, steps=8, checkpoint_every=3, scatter_every=100)
+    config, record = tmp_path / "config.json", tmp_path / "record.jsonl"
+    config.write_text(cfg.model_dump_json())
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+
+    def attempt(n: int, *kill: str) -> int:
+        done = subprocess.run([sys.executable, str(DRIVER), str(config), str(n), str(record), *kill], env=env,
+                              cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        assert done.returncode in (0, -signal.SIGKILL), done.stderr[-4000:]
+        return done.returncode
+
+    client = MlflowClient(cfg.tracking.tracking_uri)
+    assert attempt(1, "--kill-after-step", "4") == -signal.SIGKILL
+    step, blob = load_latest_checkpoint(cfg.run_dir)
+    run_id = blob["loop"]["mlflow_run_id"]
+    assert step == 3 and [m.step for m in client.get_metric_history(run_id, "probe/attempt")] == [1, 2, 3]
+    assert attempt(2, "--kill-before-commit") == -signal.SIGKILL
+    assert load_latest_checkpoint(cfg.run_dir)[0] == 6
+    assert sorted(m.step for m in client.get_metric_history(run_id, "probe/attempt")) == [1, 2, 3]
+    assert attempt(3, "--kill-in-sweep") == -signal.SIGKILL
+    sweep_keys = [k for k in client.get_run(run_id).data.metrics if k.startswith("sweep/")]
+    assert sweep_keys
+    assert attempt(4) == 0
+    for key in sweep_keys:  # attempt 4 swept the same checkpoint again
+        steps = sorted(m.step for m in client.get_metric_history(run_id, key))
+        assert steps == ([8] if key.startswith("sweep/base_r_") else [0, 1, 2]), key
+
+    records = [json.loads(line) for line in record.read_text().splitlines()]
+    trained = sorted((r["step"], r["attempt"]) for r in records)
+    assert trained == [(1, 1), (2, 1), (3, 1), (4, 1), (4, 2), (5, 2), (6, 2), (7, 3), (8, 3)]
+    kept = {(r["step"], r["attempt"]): r["metrics"] for r in records}
+    kept_attempt = {1: 1, 2: 1, 3: 1, 4: 2, 5: 2, 6: 2, 7: 3, 8: 3}  # a resume retrains the steps after its checkpoint
+    keys = {k for metrics in kept.values() for k in metrics}
+    assert {"probe/attempt", "reward/target_a", "loss/policy", "loop/samples_per_s"} <= keys
+    for key in keys:
+        history = sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+        assert history == [(s, pytest.approx(kept[s, a][key], rel=1e-12, nan_ok=True))
+                           for s, a in kept_attempt.items() if key in kept[s, a]], key
+    assert client.get_run(run_id).info.status == "FINISHED"
 
 
 @register("test_hangs")

@@ -9,9 +9,11 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
+from importlib.resources import files
 
 import numpy as np
 import pytest
@@ -80,6 +82,21 @@ def test_health_objectives_and_openapi(url):
     assert body["required"] == ["preference"] and "source_image" in body["properties"]
     page = requests.get(url + "/", timeout=10)
     assert page.status_code == 200 and 'id="sliders"' in page.text
+
+
+def test_docs_assets_are_served_by_the_endpoint_itself(url):
+    shipped = files("fastapi_offline") / "static"
+    for page in ("/docs", "/redoc"):
+        html = requests.get(url + page, timeout=10)
+        assert html.status_code == 200 and html.headers["content-type"].startswith("text/html")
+        refs = re.findall(r'(?:src|href|url)\s*[=:]\s*[\'"]([^\'"]+)[\'"]', html.text)
+        assert "/openapi.json" in refs, refs
+        assets = [r for r in refs if r != "/openapi.json"]
+        assert assets and all(r.startswith("/") and not r.startswith("//") for r in refs), refs
+        for ref in assets:
+            r = requests.get(url + ref, timeout=10)
+            assert r.status_code == 200, ref
+            assert r.content == (shipped / ref.rsplit("/", 1)[-1]).read_bytes(), ref
 
 
 def test_token_is_required_on_the_api(url):
@@ -214,3 +231,19 @@ def test_page_slider_changes_the_picture(url, browser, tmp_path):
     changed = (np.abs(pixels[0].astype(int) - pixels[1].astype(int)).sum(-1) > 0).mean()
     assert changed > 0.005, f"only {changed:.2%} of the pixels changed"
     assert browser.find_element(By.ID, "error").text == ""
+
+
+def test_docs_page_renders_the_operations_offline(url, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(url + "/docs")
+    wait = WebDriverWait(browser, 60)
+    generate = wait.until(lambda d: d.find_elements(
+        By.CSS_SELECTOR, ".opblock-post .opblock-summary-path[data-path='/v1/generate']"))
+    assert generate[0].text.replace("\u200b", "") == "/v1/generate"
+    paths = {e.get_attribute("data-path") for e in browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")}
+    assert {"/v1/generate", "/v1/objectives", "/healthz"} <= paths
+    assert "ParetoSlider" in browser.find_element(By.CSS_SELECTOR, ".info .title").text
+    loaded = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    assert loaded and all(name.startswith(url + "/") for name in loaded), loaded
