@@ -323,7 +323,11 @@ class AlgorithmConfig(Strict):
     """Old (sampling) policy: ``old <- d old + (1 - d) theta`` with ``d = min(rate * step, max)``."""
     old_decay_max: float = Field(0.5, ge=0, le=1)
     ema_decay: float = Field(0.9, ge=0, lt=1)
-    """EMA of the trained weights, used for evaluation checkpoints."""
+    """EMA of the trained weights (what is evaluated, checkpointed and registered): the largest decay."""
+    ema_schedule: Literal["warmup", "constant"] = "warmup"
+    """``warmup``: decay ``min((1 + s) / (10 + s), ema_decay)`` after optimizer step ``s = 1, 2, ...`` (the
+    reference's; after 5 steps the EMA holds 0.2% of the initial weights); ``constant``: ``ema_decay``
+    from the first step (after 5 steps still 59% initial weights)."""
 
 
 class LearnerConfig(Strict):
@@ -335,6 +339,8 @@ class LearnerConfig(Strict):
     backend: Literal["auto", "gloo", "nccl"] = "auto"
     """torch.distributed backend; ``auto`` = nccl with GPUs, gloo without."""
     zero_stage: int = Field(0, ge=0, le=3)
+    """DeepSpeed ZeRO stage. The learner runs 0, 1 and 2; a job with 3 is rejected (its partitioned
+    parameters would make the old-policy swap and the EMA read empty tensors)."""
     lr: float = Field(3e-4, gt=0)
     pref_lr_mult: float = Field(10.0, gt=0)
     """Learning-rate multiplier of the preference modules (they start from ~zero)."""
@@ -578,6 +584,10 @@ class Config(Strict):
             raise ValueError(f"data.kind='{self.data.kind}' needs an image backbone; model.kind is 'toy2d'")
         if self.model.kind == "ltx2" and self.data.kind == "shapes_edit":
             raise ValueError("data.kind='shapes_edit' needs source images; model.kind='ltx2' is text-to-video")
+        if self.learner.zero_stage == 3:
+            raise ValueError("learner.zero_stage=3 is not supported by the learner (ZeRO-3 partitions the "
+                             "trainable weights, so the old-policy swap and the EMA would see empty tensors); "
+                             "allowed: 0, 1, 2")
         c = self.cluster
         if c.colocate and (not c.placement_groups or self.loop.max_staleness != 0):
             raise ValueError("cluster.colocate needs cluster.placement_groups=true and loop.max_staleness=0 "

@@ -67,11 +67,13 @@ def test_world_size_two_matches_single_process(ray_local, tiny_base, objective):
     for k in expected:
         assert torch.allclose(states[0][k], states[1][k], atol=0, rtol=0), k  # ranks identical
         assert torch.allclose(after["trainable"][k], expected[k], atol=1e-5), k
-    # old policy at step 0 has decay 0 -> equals the new weights; EMA moved 10% of the way.
+    # old policy at step 0 has decay 0 -> equals the new weights; the EMA's warm-up decay after the first
+    # optimizer step is (1 + 1) / (10 + 1) = 2/11: it moved 9/11 of the way.
     for k in expected:
         assert torch.allclose(after["old"][k], after["trainable"][k])
+    assert metrics["learner/ema_decay"] == pytest.approx(2 / 11)
     ema = [before["ema"][k].clone() for k in expected]
-    ema_update(ema, [after["trainable"][k] for k in expected], cfg.algorithm.ema_decay)
+    ema_update(ema, [after["trainable"][k] for k in expected], 2 / 11)
     assert all(torch.allclose(a, after["ema"][k], atol=1e-6) for a, k in zip(ema, expected))
 
 
