@@ -23,7 +23,7 @@ def bf16_cfg(base: str) -> Config:
     return Config.model_validate({
         "model": diffusers_model("sd3", dtype="bf16"), "pretrain": {"checkpoint": base},
         "rollout": {"sampler": {"num_steps": 3}},
-        "algorithm": {"train_timesteps": 2, "kl_coef": 0.01},
+        "algorithm": {"train_timesteps": 2, "kl_coef": 0.01, "timestep_source": "sampler_grid"},
         "learner": {"world_size": 1, "lr": 1e-2, "micro_batch_size": 4, "num_cpus_per_worker": 0.5,
                     "precision": "bf16", "zero_stage": 2, "backend": "gloo"}})
 
