@@ -13,13 +13,14 @@ from policies.policy import build_policy
 from policies.train_step import TrainShard, micro_loss
 
 
-def make_cfg(base, world_size: int, objective: str = "nft") -> Config:
+def make_cfg(base, world_size: int, objective: str = "nft", zero_stage: int = 0) -> Config:
     sampler = {"kind": "sde" if objective == "grpo" else "ode", "num_steps": 4}
     return Config.model_validate({
         "model": TINY_MODEL, "pretrain": {"checkpoint": str(base)},
         "rollout": {"sampler": sampler},
         "algorithm": {"objective": objective, "train_timesteps": 2, "grpo_clip": 0.2, "kl_coef": 0.01},
-        "learner": {"world_size": world_size, "lr": 1e-2, "micro_batch_size": 8, "num_cpus_per_worker": 0.5},
+        "learner": {"world_size": world_size, "lr": 1e-2, "micro_batch_size": 8, "num_cpus_per_worker": 0.5,
+                    "zero_stage": zero_stage},
     })
 
 
@@ -48,9 +49,10 @@ def reference_step(cfg: Config, shard: TrainShard) -> dict[str, torch.Tensor]:
     return policy.trainable_state()
 
 
-@pytest.mark.parametrize("objective", ["nft", "grpo"])
-def test_world_size_two_matches_single_process(ray_local, tiny_base, objective):
-    cfg = make_cfg(tiny_base, 2, objective)
+@pytest.mark.parametrize("objective,zero_stage", [("nft", 0), ("grpo", 0), ("nft", 2)])
+def test_world_size_two_matches_single_process(ray_local, tiny_base, objective, zero_stage):
+    """ZeRO-2 partitions the optimizer's weights: the old/EMA updates gather the full fp32 master."""
+    cfg = make_cfg(tiny_base, 2, objective, zero_stage)
     shard = make_shard(cfg)
     expected = reference_step(cfg, shard)
     group = LearnerGroup(cfg, str(tiny_base))
