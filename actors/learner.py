@@ -3,6 +3,9 @@
 Ranks form one torch.distributed group (gloo on CPU, nccl on GPU) and each wraps the policy in a
 DeepSpeed engine, which all-reduces gradients (ZeRO stage from config). Every rank keeps identical
 copies of the old (sampling) policy and the EMA, updated the same way after each optimizer step.
+Those copies are fp32 whatever the learner's precision, and they follow the optimizer's fp32 master
+weights (not the bf16 module copy): a bf16 EMA update ``d * e + (1 - d) * theta`` rounds away most
+of a small step, as the reference avoids by keeping fp32 copies.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from actors.weight_sync import CollectiveGroup, state_digest
 from infra.config import Config
 from infra.deepspeed_config import deepspeed_config
 from infra.distributed import destroy_process_group, init_process_group, pick_master_address
-from policies.objectives import ema_update, old_policy_decay
+from policies.objectives import ema_decay, ema_update, old_policy_decay
 from policies.policy import build_policy
 from policies.train_step import TrainShard, micro_loss
 
@@ -49,9 +52,23 @@ class LearnerWorker:
             model=self.policy, optimizer=optimizer,
             config=deepspeed_config(lc, self.world_size, lc.micro_batch_size))
         self.device = self.engine.device
-        # Old (sampling) and EMA weights stay on the learner's device: swapped in every micro-batch.
-        self.old_state = self._on_device(self.policy.trainable_state())
-        self.ema_state = self._on_device(self.policy.trainable_state())
+        # Old (sampling) and EMA weights stay on the learner's device (swapped in every micro-batch), in
+        # fp32; ``policy.swapped`` casts them to the module's dtype for the old-policy forward.
+        self.trained_state = self.master_state()
+        self.old_state = {k: v.clone() for k, v in self.trained_state.items()}
+        self.ema_state = {k: v.clone() for k, v in self.trained_state.items()}
+
+    def master_state(self) -> dict[str, torch.Tensor]:
+        """fp32 copies of the trainable weights as the optimizer holds them (DeepSpeed's fp32 master
+        under bf16/fp16 ZeRO 1-2; the parameter itself otherwise). Every rank must call it: under ZeRO
+        the full tensor is gathered from the ranks' partitions."""
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        out = {}
+        for name, p in self.policy.trainable_named():
+            master = safe_get_full_fp32_param(p)
+            out[name] = (p.detach() if master is None else master).to(self.device, torch.float32, copy=True)
+        return out
 
     def train_step(self, shard: TrainShard, step: int, num_micro: int) -> dict[str, float]:
         """One optimizer step over ``shard`` in ``num_micro`` micro-batches (same count on every rank)."""
@@ -82,10 +99,12 @@ class LearnerWorker:
         totals["learner/grad_norm"] = float(grad_norm)
         a = self.cfg.algorithm
         decay = old_policy_decay(step, a.old_decay_per_step, a.old_decay_max)
-        params = [p for _, p in self.policy.trainable_named()]
-        ema_update(self.old_state.values(), params, decay)
-        ema_update(self.ema_state.values(), params, a.ema_decay)
+        e_decay = ema_decay(step, a.ema_decay, a.ema_schedule)
+        self.trained_state = self.master_state()
+        ema_update(self.old_state.values(), self.trained_state.values(), decay)
+        ema_update(self.ema_state.values(), self.trained_state.values(), e_decay)
         totals["learner/old_decay"] = decay
+        totals["learner/ema_decay"] = e_decay
         return totals
 
     def _grad_norm(self) -> float:
@@ -93,8 +112,8 @@ class LearnerWorker:
         grads = [p.grad for _, p in self.policy.trainable_named() if p.grad is not None]
         return float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))) if grads else math.nan
 
-    def _on_device(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {k: v.to(self.device, copy=True) for k, v in state.items()}
+    def _fp32_on_device(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.device, torch.float32, copy=True) for k, v in state.items()}
 
     @staticmethod
     def _on_cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -118,14 +137,17 @@ class LearnerWorker:
         return self.policy.adapter_report(self.cfg.model.lora_targets)
 
     def export_state(self) -> dict[str, dict[str, torch.Tensor]]:
-        """Trainable, old and EMA weights on the CPU (identical on every rank)."""
-        return {"trainable": self.policy.trainable_state(), "old": self._on_cpu(self.old_state),
+        """Trainable (the fp32 master after the last step), old and EMA weights on the CPU, all fp32
+        (identical on every rank; rank 0 alone may answer: nothing here is a collective)."""
+        return {"trainable": self._on_cpu(self.trained_state), "old": self._on_cpu(self.old_state),
                 "ema": self._on_cpu(self.ema_state)}
 
     def import_state(self, state: dict[str, dict[str, torch.Tensor]]) -> None:
+        # Under bf16 the module rounds these; the optimizer's own fp32 master comes from load_optimizer.
         self.policy.load_trainable_state(state["trainable"])
-        self.old_state = self._on_device(state["old"])
-        self.ema_state = self._on_device(state["ema"])
+        self.trained_state = self._fp32_on_device(state["trainable"])
+        self.old_state = self._fp32_on_device(state["old"])
+        self.ema_state = self._fp32_on_device(state["ema"])
 
     def save_optimizer(self, directory: str, tag: str) -> None:
         """DeepSpeed's own (per-rank, ZeRO-aware) checkpoint of the engine, frozen base excluded."""

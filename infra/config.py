@@ -100,8 +100,12 @@ class ModelConfig(Strict):
     lora_alpha: float = Field(32.0, gt=0)
     """LoRA scaling numerator (scale = alpha / rank)."""
     lora_targets: list[str] = Field(default_factory=lambda: ["fc1", "fc2", "in_proj", "out_proj"])
-    """Module names that get LoRA adapters (diffusers kinds default to the attention projections,
-    matched inside the transformer only)."""
+    """Module names that get LoRA adapters, matched as name suffixes inside the transformer only.
+    Diffusers kinds default to the attention projections; SD3 to those of the joint attention ``attn.*``
+    only, as the reference (SD3.5's dual-attention blocks keep their second, image-only ``attn2`` frozen)."""
+    lora_init: Literal["default", "gaussian"] = "default"
+    """peft ``init_lora_weights``: ``default`` (Kaiming-uniform A, zero B) or ``gaussian`` (A ~ N(0, 1/r),
+    zero B: the reference's). Either way the adapted model starts exactly at the base."""
     diffusers: DiffusersConfig = Field(default_factory=DiffusersConfig)
     tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
     """Architecture of the tiny base ``paretoslider pretrain`` builds when ``diffusers.pretrained`` is None."""
@@ -109,7 +113,8 @@ class ModelConfig(Strict):
     @model_validator(mode="after")
     def _diffusers_lora_targets(self) -> ModelConfig:
         if self.kind != "toy2d" and "lora_targets" not in self.model_fields_set:
-            self.__dict__["lora_targets"] = _attention_projections()
+            names = _attention_projections()
+            self.__dict__["lora_targets"] = [f"attn.{n}" for n in names] if self.kind == "sd3" else names
         return self
 
 
@@ -272,12 +277,21 @@ class SamplerConfig(Strict):
     """The rollout sampler."""
 
     kind: Literal["ode", "sde"] = "ode"
-    """``ode``: Euler ODE (DiffusionNFT); ``sde``: Flow-GRPO SDE with per-step log-probs."""
+    """``ode``: deterministic ODE (DiffusionNFT); ``sde``: Flow-GRPO SDE with per-step log-probs."""
+    solver: Literal["euler", "dpmpp_2m"] = "euler"
+    """ODE solver of ``kind: ode``: ``euler``, or ``dpmpp_2m`` (deterministic DPM-Solver++(2M) on data
+    predictions, first order on the first and last step: the reference's ``dpm2`` rollouts)."""
     num_steps: int = Field(10, ge=1, le=1000)
     noise_level: float = Field(0.7, ge=0)
     """Flow-GRPO ``a`` in ``sigma_t = a sqrt(t / (1 - t))``."""
     shift: float = Field(1.0, gt=0)
-    """Time-grid shift ``t' = s t / (1 + (s - 1) t)`` (SD3.5: 3; 1 = uniform)."""
+    """Time-grid shift ``t' = s t / (1 + (s - 1) t)`` (SD3.5: 3; 1 = uniform). With ``time_grid:
+    scheduler`` it replaces the scheduler's own (static or resolution-dependent) shift."""
+    time_grid: Literal["scheduler", "uniform"] = "uniform"
+    """``scheduler``: the sigmas of the backbone's own diffusers scheduler (the base's
+    ``scheduler/scheduler_config.json``), set for ``num_steps`` as its pipeline does; ``uniform``:
+    ``shift`` applied to ``linspace(1, 0, num_steps + 1)``. Diffusers kinds default to ``scheduler``;
+    toy2d has no scheduler and allows only ``uniform``."""
     guidance_scale: float = Field(1.0, ge=1)
     """Classifier-free guidance with the empty prompt (1 = off, the DiffusionNFT default)."""
 
@@ -325,11 +339,20 @@ class AlgorithmConfig(Strict):
     """Flow-GRPO PPO clip range."""
     train_timesteps: int = Field(4, ge=1)
     """NFT: noise levels drawn per sample per update; GRPO: SDE steps trained per trajectory."""
+    timestep_source: Literal["uniform", "sampler_grid"] = "uniform"
+    """NFT: where each trained noise level ``t`` comes from. ``uniform``: ``t ~ U(0, 1)`` (clamped at
+    1e-3); ``sampler_grid``: ``train_timesteps`` distinct points of the rollout sampler's own time grid
+    (its ``num_steps`` non-zero times), drawn per sample without replacement, as the reference trains
+    (a random permutation of the 25 points per sample, the first ``int(0.99 * 25) = 24`` of them)."""
     old_decay_per_step: float = Field(0.001, ge=0, le=1)
     """Old (sampling) policy: ``old <- d old + (1 - d) theta`` with ``d = min(rate * step, max)``."""
     old_decay_max: float = Field(0.5, ge=0, le=1)
     ema_decay: float = Field(0.9, ge=0, lt=1)
-    """EMA of the trained weights, used for evaluation checkpoints."""
+    """EMA of the trained weights (what is evaluated, checkpointed and registered): the largest decay."""
+    ema_schedule: Literal["warmup", "constant"] = "warmup"
+    """``warmup``: decay ``min((1 + s) / (10 + s), ema_decay)`` after optimizer step ``s = 1, 2, ...`` (the
+    reference's; after 5 steps the EMA holds 0.2% of the initial weights); ``constant``: ``ema_decay``
+    from the first step (after 5 steps still 59% initial weights)."""
 
 
 class LearnerConfig(Strict):
@@ -341,6 +364,8 @@ class LearnerConfig(Strict):
     backend: Literal["auto", "gloo", "nccl"] = "auto"
     """torch.distributed backend; ``auto`` = nccl with GPUs, gloo without."""
     zero_stage: int = Field(0, ge=0, le=3)
+    """DeepSpeed ZeRO stage. The learner runs 0, 1 and 2; a job with 3 is rejected (its partitioned
+    parameters would make the old-policy swap and the EMA read empty tensors)."""
     lr: float = Field(3e-4, gt=0)
     pref_lr_mult: float = Field(10.0, gt=0)
     """Learning-rate multiplier of the preference modules (they start from ~zero)."""
@@ -586,10 +611,28 @@ class Config(Strict):
         if a.objective == "grpo" and self.rollout.sampler.guidance_scale > 1:
             raise ValueError("rollout.sampler.guidance_scale > 1 is for nft only: Flow-GRPO's log-probs "
                              "are of the unguided policy")
+        sampler = self.rollout.sampler
+        if sampler.solver != "euler" and sampler.kind != "ode":
+            raise ValueError(f"rollout.sampler.solver='{sampler.solver}' is an ODE solver: it needs "
+                             "rollout.sampler.kind='ode' (the sde sampler is Euler-Maruyama); allowed with sde: 'euler'")
+        if self.model.kind != "toy2d" and "time_grid" not in sampler.model_fields_set:
+            sampler.__dict__["time_grid"] = "scheduler"
+        if self.model.kind == "toy2d" and sampler.time_grid == "scheduler":
+            raise ValueError("rollout.sampler.time_grid='scheduler' needs a diffusers backbone (toy2d has no "
+                             "scheduler); allowed for model.kind='toy2d': 'uniform'")
         if self.model.kind == "toy2d" and self.data.kind != "none":
             raise ValueError(f"data.kind='{self.data.kind}' needs an image backbone; model.kind is 'toy2d'")
         if self.model.kind == "ltx2" and self.data.kind == "shapes_edit":
             raise ValueError("data.kind='shapes_edit' needs source images; model.kind='ltx2' is text-to-video")
+        if self.learner.zero_stage == 3:
+            raise ValueError("learner.zero_stage=3 is not supported by the learner (ZeRO-3 partitions the "
+                             "trainable weights, so the old-policy swap and the EMA would see empty tensors); "
+                             "allowed: 0, 1, 2")
+        if a.timestep_source == "sampler_grid" and a.objective == "nft" and \
+                a.train_timesteps > self.rollout.sampler.num_steps:
+            raise ValueError(f"algorithm.train_timesteps ({a.train_timesteps}) must be <= rollout.sampler.num_steps "
+                             f"({self.rollout.sampler.num_steps}) with algorithm.timestep_source='sampler_grid' "
+                             "(distinct grid points per sample)")
         c = self.cluster
         if c.colocate and (not c.placement_groups or self.loop.max_staleness != 0):
             raise ValueError("cluster.colocate needs cluster.placement_groups=true and loop.max_staleness=0 "

@@ -13,7 +13,8 @@ AdamW on the concatenated data after two steps):
   parameters on every rank (``tests/infra/test_distributed.py`` checks all four across two Ray
   actors). Torch AdamW is on DeepSpeed's ZeRO allow-list, so no ``zero_allow_untested_optimizer``.
   Under stage 3 the module's parameters are partitioned: read them inside
-  ``deepspeed.zero.GatheredParameters(params)``.
+  ``deepspeed.zero.GatheredParameters(params)``. The learner does not (its old-policy swap and EMA
+  read the parameters directly), so a job config rejects ``learner.zero_stage: 3``.
 - bf16: runs on every stage. Stage 0 wraps the optimizer in ``FP16_UnfusedOptimizer`` (fp32
   master weights) but accumulates and all-reduces gradients in bf16 (an fp32 ``grad_accum_dtype``
   without ZeRO raises NotImplementedError), so on the toy it lands 2e-2 from the fp32 reference where

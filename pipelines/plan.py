@@ -22,7 +22,6 @@ from infra.config import Config
 from pipelines.pretrain import base_location
 from reward_servers.registry import check_args
 
-DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 SHIPPED_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "hub"
 """``<org>/<repo>/{transformer,vae}/config.json`` of the GPU presets' bases, copied from the hub."""
 
@@ -137,21 +136,60 @@ def describe_plan(cfg: Config) -> str:
         "batch per step:",
         f"  {ro.prompts_per_step} prompts x {cfg.preferences.slots_per_prompt} preference slots = {groups} groups"
         f" x {ro.group_size} samples = {samples} samples",
-        f"  sampler {ro.sampler.kind}, {ro.sampler.num_steps} steps, shift {ro.sampler.shift:g}, "
-        f"CFG {ro.sampler.guidance_scale:g}",
+        f"  sampler {_sampler_name(cfg)}, {ro.sampler.num_steps} steps on the {_grid_name(cfg)}, "
+        f"shift {ro.sampler.shift:g}, CFG {ro.sampler.guidance_scale:g}",
         f"  learner: {per_rank} samples per rank in {micro} micro-batch(es) of <= {lc.micro_batch_size}, "
         f"{al.train_timesteps} timestep(s) each, {al.objective}, lr {lc.lr:g} "
         f"(preference x{lc.pref_lr_mult:g}), clip {lc.grad_clip:g}",
         f"  advantages: {al.scalarisation} scalarisation"
         f"{', objectives in batch-std units' if al.scalarisation == 'early' and al.reward_scale == 'batch_std' else ''}"
         f", divided by the {al.adv_std} std",
+        "recipe as trained:",
+        *(f"  {line}" for line in _recipe(cfg)),
         "weights to sync per version:",
         f"  {w.tensors} tensors, {w.params:,} parameters (LoRA r={cfg.model.lora_rank} alpha={cfg.model.lora_alpha:g}: "
         f"{w.lora_params:,}; preference modules: {w.pref_params:,}) = "
-        f"{w.params * DTYPE_BYTES[dtype] / 2**20:.1f} MiB in {dtype}",
+        # The learner publishes its fp32 old-policy copy whatever the model's dtype.
+        f"{w.params * 4 / 2**20:.1f} MiB in fp32",
         f"  counted on a policy built {'on the meta device ' if image else ''}in {w.build_s:.1f} s; no weights loaded",
     ]
     return "\n".join(lines)
+
+
+def _sampler_name(cfg: Config) -> str:
+    sp = cfg.rollout.sampler
+    if sp.kind == "sde":
+        return f"sde (Flow-GRPO, noise level {sp.noise_level:g})"
+    return "ode DPM-Solver++(2M)" if sp.solver == "dpmpp_2m" else "ode Euler"
+
+
+def _grid_name(cfg: Config) -> str:
+    if cfg.rollout.sampler.time_grid == "scheduler":
+        return "backbone scheduler's sigma grid"
+    return "uniform grid"
+
+
+def _recipe(cfg: Config) -> list[str]:
+    """The choices that decide what is learned, in the words of the reference's recipe."""
+    al, lc, m, ro = cfg.algorithm, cfg.learner, cfg.model, cfg.rollout
+    if al.objective == "grpo":
+        timesteps = f"{al.train_timesteps} of the {ro.sampler.num_steps} SDE transitions per trajectory"
+    elif al.timestep_source == "sampler_grid":
+        timesteps = (f"{al.train_timesteps} of the sampler's {ro.sampler.num_steps} non-zero grid points per sample "
+                     f"(without replacement, {_grid_name(cfg)})")
+    else:
+        timesteps = f"{al.train_timesteps} per sample from U(0, 1)"
+    ema = (f"warm-up min((1 + s) / (10 + s), {al.ema_decay:g})" if al.ema_schedule == "warmup"
+           else f"constant {al.ema_decay:g}")
+    lines = [
+        f"timesteps: {timesteps}",
+        f"EMA: {ema}; old policy: min({al.old_decay_per_step:g} s, {al.old_decay_max:g})",
+        f"old-policy and EMA copies: fp32 (from the optimizer's fp32 master), learner precision {lc.precision}",
+        f"optimiser: AdamW lr {lc.lr:g}, preference modules x{lc.pref_lr_mult:g}, weight decay {lc.weight_decay:g}",
+    ]
+    if m.lora_rank > 0:
+        lines.append(f"LoRA: r={m.lora_rank} alpha={m.lora_alpha:g}, {m.lora_init} init, on {', '.join(m.lora_targets)}")
+    return lines
 
 
 def _pool_note(resources: dict[str, float]) -> str:

@@ -67,10 +67,15 @@ class PreferenceConditioning(nn.Module):
         self.encoder = PreferenceEncoder(num_objectives, embed_dim, hidden_dim)
         self.slider = SliderProjector(num_objectives, stream_dim, hidden_dim)
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.slider.gate.dtype
+
     def embedding_delta(self, w: torch.Tensor | None) -> torch.Tensor | None:
         """Added to the timestep/conditioning embedding (``[B, embed_dim]``)."""
-        return None if w is None else self.encoder(w)
+        # w arrives fp32 from the batch; a bf16 learner (DeepSpeed casts the whole module) needs it in bf16.
+        return None if w is None else self.encoder(w.to(self.dtype))
 
     def residual(self, w: torch.Tensor | None) -> torch.Tensor | None:
         """Added to the hidden stream of every block (``[B, stream_dim]``)."""
-        return None if w is None else self.slider(w)
+        return None if w is None else self.slider(w.to(self.dtype))

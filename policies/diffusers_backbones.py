@@ -56,12 +56,17 @@ class DiffusersBackbone(nn.Module, abc.ABC):
     """Transformer attributes holding blocks that return ``(encoder_hidden_states, hidden_states)``."""
     stream_output: int = 1
     """Where the image (video) stream sits in a block's output tuple; the slider residual goes there."""
+    pipeline_passes_sigmas: bool = False
+    """The pipeline calls ``scheduler.set_timesteps(sigmas=linspace(1, 1/N, N))`` (FLUX, LTX-2) rather
+    than ``set_timesteps(N)`` (SD3)."""
 
     def __init__(self, transformer: nn.Module, pipe, vae_config: dict, num_objectives: int,
-                 model_cfg: ModelConfig):
+                 model_cfg: ModelConfig, scheduler_config: dict | None = None):
         super().__init__()
         self.cfg = model_cfg.diffusers
         self._vae_config = vae_config
+        # None (a dry run's meta build): diffusers' default FlowMatchEulerDiscreteScheduler config.
+        self._scheduler_config = dict(pipe.scheduler.config) if pipe is not None else dict(scheduler_config or {})
         self.transformer = transformer
         dim = self.stream_dim()
         with torch.random.fork_rng():
@@ -121,6 +126,20 @@ class DiffusersBackbone(nn.Module, abc.ABC):
             return self._velocity(x.to(self.dtype), t.float(), cond).float()
         finally:
             self._active = (None, None)
+
+    def scheduler_sigmas(self, num_steps: int, shift: float) -> torch.Tensor:
+        """``[num_steps + 1]`` sigmas (1 -> 0) of this pipeline's own scheduler, set as the pipeline sets
+        them, with the static ``shift`` in place of the scheduler's (the presets give FLUX / LTX-2 the
+        ``exp(mu)`` of their resolution, which equals the dynamic shift)."""
+        import diffusers
+
+        cls = getattr(diffusers, self._scheduler_config.get("_class_name", "FlowMatchEulerDiscreteScheduler"))
+        scheduler = cls.from_config(self._scheduler_config, shift=shift, use_dynamic_shifting=False)
+        if self.pipeline_passes_sigmas:
+            scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / num_steps, num_steps))
+        else:
+            scheduler.set_timesteps(num_steps)
+        return scheduler.sigmas.float().cpu()
 
     def lora_target_modules(self, names: list[str]) -> str:
         """A peft regex: the named projections inside the transformer (never the VAE's attention)."""
@@ -212,7 +231,11 @@ class DiffusersBackbone(nn.Module, abc.ABC):
                 str(path), transformer=transformer, dtype=dtype)
             pipe.set_progress_bar_config(disable=True)
         vae_config = dict(getattr(diffusers, cls.vae_class).load_config(str(path), subfolder="vae"))
-        return cls(transformer, pipe, vae_config, num_objectives, model_cfg)
+        scheduler_config = None
+        if pipe is None:  # the learner: the scheduler's config alone gives its training time grid
+            scheduler_config = dict(diffusers.FlowMatchEulerDiscreteScheduler.load_config(str(path),
+                                                                                        subfolder="scheduler"))
+        return cls(transformer, pipe, vae_config, num_objectives, model_cfg, scheduler_config)
 
 
 class SD3Backbone(DiffusersBackbone):
@@ -237,6 +260,7 @@ class FluxKontextBackbone(DiffusersBackbone):
     """``FluxTransformer2DModel`` with the source-image latents as extra tokens (FLUX.1 Kontext)."""
 
     pipeline_class = "FluxKontextPipeline"
+    pipeline_passes_sigmas = True
     transformer_class = "FluxTransformer2DModel"
     block_lists = ("transformer_blocks", "single_transformer_blocks")
 
@@ -287,13 +311,14 @@ class LTX2Backbone(DiffusersBackbone):
     """
 
     pipeline_class = "LTX2Pipeline"
+    pipeline_passes_sigmas = True
     transformer_class = "LTX2VideoTransformer3DModel"
     vae_class = "AutoencoderKLLTX2Video"
     stream_output = 0  # LTX-2 blocks return (video, audio)
 
     def __init__(self, transformer: nn.Module, pipe, vae_config: dict, num_objectives: int,
-                 model_cfg: ModelConfig):
-        super().__init__(transformer, pipe, vae_config, num_objectives, model_cfg)
+                 model_cfg: ModelConfig, scheduler_config: dict | None = None):
+        super().__init__(transformer, pipe, vae_config, num_objectives, model_cfg, scheduler_config)
         frames, ratio = self.cfg.num_frames, self.temporal_scale_factor
         if (frames - 1) % ratio:
             raise ValueError(f"model.diffusers.num_frames={frames}: num_frames - 1 must be a multiple of the "

@@ -173,6 +173,19 @@ def old_policy_decay(step: int, rate: float, max_decay: float) -> float:
     return min(rate * step, max_decay)
 
 
+def ema_decay(step: int, max_decay: float, schedule: str) -> float:
+    """EMA decay after the optimizer step with 0-based index ``step``.
+
+    ``warmup``: ``d = min((1 + s) / (10 + s), max_decay)`` with ``s = step + 1`` optimizer steps taken
+    (the reference's ``EMAModuleWrapper.get_current_decay``, called after its ``global_step += 1``:
+    the first update keeps 2/11 of the initial weights); ``constant``: ``d = max_decay`` from the start.
+    """
+    if schedule == "constant":
+        return max_decay
+    s = step + 1
+    return min((1 + s) / (10 + s), max_decay)
+
+
 @torch.no_grad()
 def ema_update(target: Iterable[torch.Tensor], source: Iterable[torch.Tensor], decay: float) -> None:
     """``target <- decay * target + (1 - decay) * source``, in place."""

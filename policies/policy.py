@@ -26,8 +26,9 @@ import torch
 from torch import nn
 
 from infra.checkpoint import atomic_write_bytes
-from infra.config import ModelConfig
+from infra.config import ModelConfig, SamplerConfig
 from policies.batch import Condition
+from policies.samplers import time_grid
 from policies.toy2d import Toy2dVelocity
 
 PREF_PREFIX = "pref."
@@ -87,7 +88,8 @@ class Policy(nn.Module):
         self.lora = model_cfg.lora_rank > 0
         self.sample_shape: tuple[int, ...] = tuple(backbone.sample_shape)
         if self.lora:
-            lora_cfg = peft.LoraConfig(r=model_cfg.lora_rank, lora_alpha=model_cfg.lora_alpha,
+            init = True if model_cfg.lora_init == "default" else model_cfg.lora_init  # peft's own spelling
+            lora_cfg = peft.LoraConfig(r=model_cfg.lora_rank, lora_alpha=model_cfg.lora_alpha, init_lora_weights=init,
                                        target_modules=backbone.lora_target_modules(model_cfg.lora_targets))
             self.net = peft.get_peft_model(backbone, lora_cfg)
             self.reference = None
@@ -124,6 +126,13 @@ class Policy(nn.Module):
     def decode(self, samples: torch.Tensor) -> torch.Tensor | None:
         """Samples -> images ``[B, H, W, 3]`` (video ``[B, F, H, W, 3]``) in [0, 1]; None for toy2d."""
         return self.backbone.decode(samples)
+
+    def time_grid(self, sampler: SamplerConfig) -> torch.Tensor:
+        """The sampler's ``[num_steps + 1]`` times from 1 to 0: the backbone's own diffusers scheduler's
+        sigmas (``time_grid: scheduler``) or the plain shifted linspace (``uniform``; toy2d has no scheduler)."""
+        if sampler.time_grid == "scheduler":
+            return self.backbone.scheduler_sigmas(sampler.num_steps, sampler.shift)
+        return time_grid(sampler.num_steps, torch.float32, sampler.shift)
 
     def trainable_named(self) -> Iterator[tuple[str, nn.Parameter]]:
         return ((n, p) for n, p in self.net.named_parameters() if p.requires_grad)

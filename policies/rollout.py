@@ -12,7 +12,7 @@ import numpy as np
 
 from policies.batch import Condition, GroupSpec, RolloutBatch
 from policies.policy import Policy
-from policies.samplers import SdeTrajectory, VelocityFn, ode_sample, sde_sample
+from policies.samplers import SdeTrajectory, VelocityFn, dpm_sample, ode_sample, sde_sample, time_grid
 
 
 def group_noise(groups: list[GroupSpec], group_size: int, sample_shape: tuple[int, ...]) -> torch.Tensor:
@@ -26,11 +26,12 @@ def group_noise(groups: list[GroupSpec], group_size: int, sample_shape: tuple[in
 
 def sample_groups(velocity: VelocityFn, groups: list[GroupSpec], group_size: int,
                   sample_shape: tuple[int, ...], sampler: SamplerConfig, policy_version: int,
-                  device: torch.device | str = "cpu") -> RolloutBatch:
+                  device: torch.device | str = "cpu", times: torch.Tensor | None = None) -> RolloutBatch:
     """``group_size`` samples for every group, in group order, tagged with ``policy_version``.
 
     Noise is drawn on the CPU (reproducible across devices) and the model runs on ``device``;
-    the returned batch lives on the CPU, ready for the object store.
+    the returned batch lives on the CPU, ready for the object store. ``times``: the time grid
+    (``Policy.time_grid``; default the plain :func:`policies.samplers.time_grid`).
     """
     start = time.perf_counter()
     noise = group_noise(groups, group_size, sample_shape).to(device)
@@ -38,8 +39,11 @@ def sample_groups(velocity: VelocityFn, groups: list[GroupSpec], group_size: int
     w = w.repeat_interleave(group_size, 0)
     index = torch.arange(len(groups)).repeat_interleave(group_size)
     trajectory = None
-    if sampler.kind == "ode":
-        samples = ode_sample(velocity, noise, w, sampler.num_steps, sampler.shift)
+    if sampler.kind == "ode" and sampler.solver == "dpmpp_2m":
+        grid = time_grid(sampler.num_steps, noise.dtype, sampler.shift) if times is None else times
+        samples = dpm_sample(velocity, noise, w, grid)
+    elif sampler.kind == "ode":
+        samples = ode_sample(velocity, noise, w, sampler.num_steps, sampler.shift, times)
     else:
         gens = [torch.Generator().manual_seed(g.seed + 1) for g in groups]
 
@@ -48,7 +52,7 @@ def sample_groups(velocity: VelocityFn, groups: list[GroupSpec], group_size: int
             return torch.cat(eps).to(device)
 
         trajectory = sde_sample(velocity, noise, w, sampler.num_steps, sampler.noise_level, step_noise,
-                                sampler.shift)
+                                sampler.shift, times)
         trajectory = SdeTrajectory(trajectory.latents.cpu(), trajectory.log_probs.cpu(), trajectory.times.cpu())
         samples = trajectory.latents[:, -1]
     return RolloutBatch(samples=samples.cpu(), preferences=w.cpu(), group_index=index, groups=list(groups),
@@ -100,7 +104,8 @@ def rollout_groups(policy: Policy, groups: list[GroupSpec], group_size: int, sam
     if sampler.guidance_scale > 1 and cond is not None:
         uncond = policy.encode_condition([""] * len(groups), sources).rows(per_sample)
     velocity = conditioned_velocity(policy, rows, uncond, sampler.guidance_scale, reference)
-    batch = sample_groups(velocity, groups, group_size, tuple(policy.sample_shape), sampler, policy_version, device)
+    batch = sample_groups(velocity, groups, group_size, tuple(policy.sample_shape), sampler, policy_version, device,
+                          policy.time_grid(sampler))
     images = policy.decode(batch.samples.to(device))
     if images is not None:
         batch.images = (images * 255).round().to(torch.uint8).cpu()

@@ -77,24 +77,33 @@ def batch_advantages(rewards: torch.Tensor, w: torch.Tensor, group_index: torch.
     return advantage_terms(orient_rewards(rewards, directions), w, group_index, scalarisation, std, scale)
 
 
-def nft_noise(seeds: torch.Tensor, reps: int, shape: tuple[int, ...],
-              dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """``reps`` noise levels ``t`` and noises ``eps`` per sample, each from the sample's own seed."""
+def nft_noise(seeds: torch.Tensor, reps: int, shape: tuple[int, ...], dtype: torch.dtype,
+              grid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``reps`` noise levels ``t`` and noises ``eps`` per sample, each from the sample's own seed.
+
+    ``grid`` None: ``t ~ U(0, 1)``, clamped at 1e-3; else ``reps`` distinct entries of ``grid`` (the
+    first ``reps`` of a random permutation, as the reference picks its trained timesteps).
+    """
     ts, eps = [], []
     for s in seeds.tolist():
         gen = torch.Generator().manual_seed(s)
-        ts.append(torch.rand(reps, generator=gen, dtype=dtype))
+        if grid is None:
+            ts.append(torch.rand(reps, generator=gen, dtype=dtype).clamp(1e-3, 1.0))
+        else:
+            ts.append(grid[torch.randperm(len(grid), generator=gen)[:reps]].to(dtype))
         eps.append(torch.randn((reps, *shape), generator=gen, dtype=dtype))
-    return torch.cat(ts).clamp(1e-3, 1.0), torch.cat(eps)
+    return torch.cat(ts), torch.cat(eps)
 
 
 def nft_micro_loss(policy: Policy, old_state: dict[str, torch.Tensor], shard: TrainShard,
-                   algo: AlgorithmConfig) -> tuple[torch.Tensor, dict]:
-    """DiffusionNFT on ``algo.train_timesteps`` fresh noise levels per sample."""
+                   algo: AlgorithmConfig, sampler: SamplerConfig) -> tuple[torch.Tensor, dict]:
+    """DiffusionNFT on ``algo.train_timesteps`` noise levels per sample (``algo.timestep_source``)."""
     reps = algo.train_timesteps
     x0 = shard.samples.repeat_interleave(reps, 0)
     w = shard.preferences.repeat_interleave(reps, 0)
-    t, eps = nft_noise(shard.sample_seeds, reps, tuple(shard.samples.shape[1:]), x0.dtype)
+    # The sampler's non-zero times: t = 0 is the clean sample itself, never a training point.
+    grid = policy.time_grid(sampler)[:-1] if algo.timestep_source == "sampler_grid" else None
+    t, eps = nft_noise(shard.sample_seeds, reps, tuple(shard.samples.shape[1:]), x0.dtype, grid)
     t, eps = t.to(x0.device), eps.to(x0.device)
     t_ = t.view((-1,) + (1,) * (x0.dim() - 1))
     xt = (1 - t_) * x0 + t_ * eps
@@ -145,5 +154,5 @@ def micro_loss(policy: Policy, old_state: dict[str, torch.Tensor], shard: TrainS
                algo: AlgorithmConfig, sampler: SamplerConfig) -> tuple[torch.Tensor, dict]:
     """The configured objective's loss on one micro-batch."""
     if algo.objective == "nft":
-        return nft_micro_loss(policy, old_state, shard, algo)
+        return nft_micro_loss(policy, old_state, shard, algo, sampler)
     return grpo_micro_loss(policy, shard, algo, sampler)

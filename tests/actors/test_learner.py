@@ -36,14 +36,14 @@ def assert_same_step(before: dict, after: dict, expected: dict) -> None:
     assert worst <= tol, f"largest difference {worst:.3e} > tolerance {tol:.3e} (step {step:.3e})"
 
 
-def make_cfg(base, world_size: int, objective: str = "nft") -> Config:
+def make_cfg(base, world_size: int, objective: str = "nft", zero_stage: int = 0) -> Config:
     sampler = {"kind": "sde" if objective == "grpo" else "ode", "num_steps": 4}
     return Config.model_validate({
         "model": TINY_MODEL, "pretrain": {"checkpoint": str(base)},
         "rollout": {"sampler": sampler},
         "algorithm": {"objective": objective, "train_timesteps": 2, "grpo_clip": 0.2, "kl_coef": 0.01},
         "learner": {"world_size": world_size, "lr": 1e-2, "adam_eps": ADAM_EPS, "micro_batch_size": 8,
-                    "num_cpus_per_worker": 0.5},
+                    "num_cpus_per_worker": 0.5, "zero_stage": zero_stage},
     })
 
 
@@ -73,9 +73,10 @@ def reference_step(cfg: Config, shard: TrainShard) -> dict[str, torch.Tensor]:
     return policy.trainable_state()
 
 
-@pytest.mark.parametrize("objective", ["nft", "grpo"])
-def test_world_size_two_matches_single_process(ray_local, tiny_base, objective):
-    cfg = make_cfg(tiny_base, 2, objective)
+@pytest.mark.parametrize("objective,zero_stage", [("nft", 0), ("grpo", 0), ("nft", 2)])
+def test_world_size_two_matches_single_process(ray_local, tiny_base, objective, zero_stage):
+    """ZeRO-2 partitions the optimizer's weights: the old/EMA updates gather the full fp32 master."""
+    cfg = make_cfg(tiny_base, 2, objective, zero_stage)
     shard = make_shard(cfg)
     expected = reference_step(cfg, shard)
     group = LearnerGroup(cfg, str(tiny_base))
@@ -90,10 +91,12 @@ def test_world_size_two_matches_single_process(ray_local, tiny_base, objective):
     for k in expected:
         assert torch.equal(states[0][k], states[1][k]), k  # ranks identical
     assert_same_step(before["trainable"], after["trainable"], expected)
-    # old policy at step 0 has decay 0 -> equals the new weights; EMA moved 10% of the way.
+    # old policy at step 0 has decay 0 -> equals the new weights; the EMA's warm-up decay after the first
+    # optimizer step is (1 + 1) / (10 + 1) = 2/11: it moved 9/11 of the way.
     for k in expected:
         assert torch.allclose(after["old"][k], after["trainable"][k])
-    d = cfg.algorithm.ema_decay
+    assert metrics["learner/ema_decay"] == pytest.approx(2 / 11)
+    d = 2 / 11
     for k in expected:  # ema <- d * ema + (1 - d) * new, in float32: a few ulps of the weights
         assert torch.allclose(after["ema"][k], d * before["ema"][k] + (1 - d) * after["trainable"][k],
                               rtol=0, atol=1e-6), k

@@ -85,10 +85,11 @@ def preset_dry_runs(tmp_path_factory):
 
 def _lora_sd3(c: dict, r: int) -> int:
     """SD3 joint blocks: q, k, v, out and the context stream's add_q/k/v + to_add_out (absent in the
-    last, context-pre-only block), plus q, k, v, out of the second attention of ``dual_attention_layers``;
-    every projection is d x d with d = heads x head_dim, and LoRA adds r (in + out) to each."""
+    last, context-pre-only block) of ``attn`` only, as the reference (the second attention of
+    ``dual_attention_layers`` stays frozen); every projection is d x d with d = heads x head_dim, and
+    LoRA adds r (in + out) to each. SD3.5 Medium: 191 modules, 18.8 M parameters at r = 32."""
     d, n = c["num_attention_heads"] * c["attention_head_dim"], c["num_layers"]
-    return (8 * n - 1 + 4 * len(c.get("dual_attention_layers", []))) * r * 2 * d
+    return (8 * n - 1) * r * 2 * d
 
 
 def _lora_flux(c: dict, r: int) -> int:
@@ -146,14 +147,30 @@ def test_gpu_preset_dry_run_offline(preset_dry_runs, name, base, lora_formula, g
     config = json.loads((REPO / "configs" / "hub" / base / "transformer" / "config.json").read_text())
     lora = (lora_formula(config, 32) if lora_formula else _lora_by_regex(m.kind, config, 32, m.lora_targets))
     counted = re.search(r"([\d,]+) parameters \(LoRA r=32 alpha=64: ([\d,]+); preference modules: ([\d,]+)\) "
-                        r"= ([\d.]+) MiB in bf16", out)
+                        r"= ([\d.]+) MiB in fp32", out)
     assert counted, out
     total, lora_counted, pref = (int(g.replace(",", "")) for g in counted.groups()[:3])
     assert lora_counted == lora and total == lora + pref and pref > 0
-    assert counted.group(4) == f"{total * 2 / 2**20:.1f}"
+    assert counted.group(4) == f"{total * 4 / 2**20:.1f}"  # the learner publishes fp32 old-policy weights
     build_s = float(re.search(r"built on the meta device in ([\d.]+) s", out).group(1))
     assert build_s < 30, f"meta-device construction took {build_s} s"
     assert preset_dry_runs["maxrss_gib"] < 2, "the dry runs held more memory than a loaded base would need"
+
+
+def test_gpu_preset_dry_runs_print_the_recipe_as_trained(preset_dry_runs):
+    """sd35 follows the reference (config/nft.py, train_pareto_nft_sd3.py); the others carry its recipe over."""
+    sd35 = preset_dry_runs["sd35"]["output"]
+    assert "sampler ode DPM-Solver++(2M), 25 steps on the backbone scheduler's sigma grid, shift 3, CFG 1" in sd35
+    assert "timesteps: 24 of the sampler's 25 non-zero grid points per sample" in sd35
+    assert "EMA: warm-up min((1 + s) / (10 + s), 0.9); old policy: min(0.001 s, 0.5)" in sd35
+    assert "old-policy and EMA copies: fp32 (from the optimizer's fp32 master), learner precision bf16" in sd35
+    assert "optimiser: AdamW lr 0.0003, preference modules x1, weight decay 0.0001" in sd35
+    assert "LoRA: r=32 alpha=64, gaussian init, on attn.to_q, attn.to_k" in sd35 and "attn2" not in sd35
+    # SD3.5 Medium with the reference's targets: 191 modules, 18.8 M LoRA parameters (not 243 / 23.9 M).
+    assert "LoRA r=32 alpha=64: 18,776,064;" in sd35
+    assert "timesteps: 8 of the sampler's 25 non-zero grid points" in preset_dry_runs["ltx2"]["output"]
+    toy = describe_plan(load_config(REPO / "configs/toy2d.yaml"))
+    assert "sampler ode Euler, 10 steps on the uniform grid" in toy and "timesteps: 4 per sample from U(0, 1)" in toy
 
 
 def test_gpu_preset_bad_override_names_the_field():

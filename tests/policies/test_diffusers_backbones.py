@@ -207,3 +207,69 @@ def test_ltx2_rejects_editing_data_and_in_repo_pretraining(tmp_path):
     cfg = Config.model_validate({"model": diffusers_model("ltx2"), "data": {"kind": "shapes"}})
     with pytest.raises(ValueError, match="model.diffusers.pretrained"):
         pretrain_base(cfg, tmp_path / "base", progress=False)
+
+
+@pytest.mark.parametrize("encoders", [True, False], ids=["rollout", "learner"])
+def test_sd3_time_grid_is_the_schedulers_sigmas(tiny_pipeline, encoders):
+    """SD3.5's 25 steps at shift 3 as ``FlowMatchEulerDiscreteScheduler(shift=3).set_timesteps(25)`` sets them;
+    the learner (no pipeline loaded) reads the same grid from the base's scheduler config."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    policy, _ = policy_of(tiny_pipeline, "sd3", encoders=encoders)
+    sampler = SamplerConfig(num_steps=25, shift=3.0, time_grid="scheduler")
+    reference = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    reference.set_timesteps(25)
+    grid = policy.time_grid(sampler)
+    assert grid.shape == (26,) and torch.allclose(grid, reference.sigmas)  # both float32 from the same numpy math
+    # Hand check of diffusers' double shift: 1/1000 shifted once at init, spaced, shifted again.
+    s_min = 3 * 1e-3 / (1 + 2 * 1e-3)
+    last = 3 * s_min / (1 + 2 * s_min)
+    assert abs(float(grid[-2]) - last) < 1e-6 and float(grid[-1]) == 0.0 and float(grid[0]) == 1.0
+    assert abs(last - 0.0089) < 1e-4  # vs 0.111 on the plain grid (policies.samplers.time_grid)
+
+
+def test_flux_time_grid_is_its_pipelines_dynamic_shift(tiny_pipeline):
+    """FLUX pipelines pass ``sigmas=linspace(1, 1/N, N)`` and ``mu``; a static shift ``exp(mu)`` is the same grid."""
+    import math
+
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    policy, _ = policy_of(tiny_pipeline, "flux_kontext")
+    reference = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True)
+    reference.set_timesteps(sigmas=np.linspace(1.0, 1 / 25, 25), mu=math.log(1.88))
+    grid = policy.time_grid(SamplerConfig(num_steps=25, shift=1.88, time_grid="scheduler"))
+    # exp(mu) / (exp(mu) + 1/t - 1) vs s t / (1 + (s - 1) t): equal in exact arithmetic, float32 apart.
+    assert torch.allclose(grid, reference.sigmas, atol=1e-6)
+
+
+def test_sd3_lora_adapts_the_joint_attention_only_as_the_reference():
+    """A tiny SD3.5-style transformer with dual-attention blocks: LoRA on the 8 projections of ``attn`` (the
+    context stream's ``to_add_out`` absent in the last, context-pre-only block), never on ``attn2``; gaussian
+    init as the reference, still exactly the base at init (B = 0)."""
+    from diffusers import SD3Transformer2DModel
+
+    from policies.diffusers_backbones import SD3Backbone
+    from policies.policy import Policy
+
+    cfg = ModelConfig.model_validate({**diffusers_model("sd3"), "lora_init": "gaussian"})
+    transformer = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, num_layers=3, attention_head_dim=8,
+                                        num_attention_heads=2, joint_attention_dim=16, caption_projection_dim=16,
+                                        pooled_projection_dim=16, out_channels=4, pos_embed_max_size=8,
+                                        dual_attention_layers=(0, 1), qk_norm="rms_norm")
+    # Independent count: walk the modules, keep Linear layers whose parent is a block's ``attn``.
+    projections = {"to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"}
+    expected = {f"transformer.{n}" for n, m in transformer.named_modules()
+                if isinstance(m, torch.nn.Linear) and n.split(".attn.", 1)[-1] in projections and ".attn." in n}
+    assert len(expected) == 8 * 3 - 1
+    assert any(".attn2." in n for n, _ in transformer.named_modules())
+    vae_config = {"block_out_channels": [16, 32], "latent_channels": 4}
+    policy = Policy(SD3Backbone(transformer, None, vae_config, 2, cfg), cfg)
+    adapted = {n.removeprefix("base_model.model.") for n, m in policy.net.named_modules() if hasattr(m, "lora_A")}
+    assert adapted == expected
+    lora_a = [p for n, p in policy.trainable_named() if "lora_A" in n]
+    lora_b = [p for n, p in policy.trainable_named() if "lora_B" in n]
+    assert all(float(b.detach().abs().max()) == 0.0 for b in lora_b) and len(lora_a) == len(expected)
+    # gaussian: A ~ N(0, (1/r)^2), std 0.25 at r = 4; peft's default Kaiming-uniform is U(-1/4, 1/4) here
+    # (fan-in 16), std 0.144. ~1.5k draws estimate the std to ~2%, so 0.03 separates the two.
+    a = torch.cat([p.detach().flatten() for p in lora_a])
+    assert abs(float(a.std()) - 1 / 4) < 0.03 and float(a.abs().max()) > 0.25

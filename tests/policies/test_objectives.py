@@ -140,6 +140,26 @@ def test_old_policy_decay_and_ema():
     assert torch.allclose(target[0], torch.full((3,), 0.1))
 
 
+def test_ema_warmup_is_the_references_schedule():
+    from fractions import Fraction
+
+    from policies.objectives import ema_decay
+
+    # The reference's EMAModuleWrapper: min((1 + s) / (10 + s), 0.9), s = optimizer steps taken (1 first).
+    assert [ema_decay(k, 0.9, "warmup") for k in range(3)] == [2 / 11, 3 / 12, 4 / 13]
+    assert ema_decay(7, 0.9, "warmup") == 9 / 18 and ema_decay(79, 0.9, "warmup") == 0.9
+    assert ema_decay(0, 0.9, "constant") == 0.9
+    # The share of the initial weights left in the EMA after 5 steps is the product of the decays.
+    left = 1
+    for s in range(1, 6):
+        left *= Fraction(1 + s, 10 + s)
+    assert left == Fraction(720, 360360) and float(left) < 0.002  # 0.2%; constant 0.9: 0.9^5 = 59%
+    e, theta = [torch.zeros(1, dtype=torch.float64)], [torch.ones(1, dtype=torch.float64)]
+    for k in range(5):
+        ema_update(e, theta, ema_decay(k, 0.9, "warmup"))
+    assert torch.isclose(1 - e[0], torch.tensor(float(left), dtype=torch.float64))
+
+
 def test_batch_std_units_keep_the_fronts_slopes_where_late_scalarisation_jumps_at_one_half():
     """Groups that each hold two neighbouring vertices of a convex front (the shapes editing front of
     ``benchmarks/shapes_edit_front.py``: copy, one, two, three changes; adherence vs. -distance), at
