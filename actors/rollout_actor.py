@@ -121,7 +121,8 @@ class RolloutWorker:
             raise WeightsBehindError(f"rollout actor {self.actor_index} holds policy version {self.version}, "
                                      f"the call needs >= {min_version}")
         batch = self._simulated(groups, start) if self.cfg.simulate.enabled else rollout_groups(
-            self.policy, groups, self.cfg.rollout.group_size, self.cfg.rollout.sampler, self.version, self.device)
+            self.policy, groups, self.cfg.rollout.group_size, self.cfg.rollout.sampler, self.version, self.device,
+            micro_batch_size=self.cfg.rollout.micro_batch_size)
         batch.weights_digest, batch.digest_s, self.digest_s = self.digest, self.digest_s, 0.0
         return batch
 

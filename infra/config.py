@@ -76,6 +76,8 @@ class DiffusersConfig(Strict):
     """Prompt tokens of the T5 (SD3, Flux) or Gemma (LTX-2) text encoder."""
     guidance: float | None = None
     """Distilled guidance fed to the transformer (FLUX.1 Kontext dev: 2.5); None if it has none."""
+    decode_batch_size: int = Field(16, ge=1)
+    """Samples per VAE decode call (video VAEs are the memory-heavy case: LTX-2 decodes few at a time)."""
 
 
 def _attention_projections() -> list[str]:
@@ -306,6 +308,10 @@ class RolloutConfig(Strict):
     """Prompts per step (toy2d is unconditional: a prompt is just an index)."""
     group_size: int = Field(16, ge=2)
     """G: samples per (prompt, w) group; advantages are normalised inside a group."""
+    micro_batch_size: int | None = Field(None, ge=1)
+    """Samples per transformer batch on a rollout actor (whole groups, at least one); None = the actor's
+    whole share at once. Bounds the rollout's activation memory: each chunk is encoded, sampled and
+    decoded to uint8 before the next starts. Results do not depend on it (noise is drawn per group)."""
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
 
 
@@ -444,9 +450,10 @@ class ClusterConfig(Strict):
     """Back-pressure: groups the driver may have issued but not yet trained (None: as many as
     ``loop.max_staleness`` allows)."""
     weight_sync: Literal["object_store", "collective"] = "object_store"
-    """How sampling weights reach rollout actors: ``object_store`` (``ray.put`` once, actors pull;
-    survives actor restarts) or ``collective`` (bucketed broadcast from learner rank 0 over a
-    gloo/NCCL group, received in the background and applied between rollouts)."""
+    """How sampling weights reach rollout actors: ``object_store`` (``ray.put`` once, actors pull) or
+    ``collective`` (bucketed float32 broadcast from learner rank 0 over a group of its own, NCCL, or gloo
+    when ``learner.backend=gloo`` or without GPUs; received in the background and applied between
+    rollouts; re-formed when a rollout actor restarts). Both are verified by digest every sync."""
     weight_sync_bucket_mb: float = Field(64.0, gt=0)
     """Bucket size of the collective broadcast."""
     rollout_max_restarts: int = Field(3, ge=0)
@@ -634,6 +641,10 @@ class Config(Strict):
                              f"({self.rollout.sampler.num_steps}) with algorithm.timestep_source='sampler_grid' "
                              "(distinct grid points per sample)")
         c = self.cluster
+        if c.colocate and c.weight_sync == "collective" and self.learner.num_gpus_per_worker > 0:
+            raise ValueError("cluster.colocate with cluster.weight_sync='collective' would put two NCCL ranks (a "
+                             "learner rank and a rollout actor) on one GPU, which NCCL does not allow: use "
+                             "cluster.weight_sync='object_store' with colocation")
         if c.colocate and (not c.placement_groups or self.loop.max_staleness != 0):
             raise ValueError("cluster.colocate needs cluster.placement_groups=true and loop.max_staleness=0 "
                              "(colocated rollouts and learner take turns on the same GPUs)")

@@ -97,6 +97,9 @@ class Trainer:
     """Wires the roles together for one job; ``run()`` is the training loop."""
 
     def __init__(self, cfg: Config, resume: bool = False, progress: bool = True):
+        # Resolved once, here: workers run in their own working directories (and on other nodes), so a
+        # relative run_dir would put each learner rank's DeepSpeed states where --resume cannot find them.
+        cfg = cfg.model_copy(update={"run_dir": str(Path(cfg.run_dir).resolve())})
         self.cfg, self.progress = cfg, progress
         self.run_dir = Path(cfg.run_dir)
         self.state = LoopState()
@@ -110,7 +113,8 @@ class Trainer:
                 "or set run_dir to a new directory")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.yaml").write_text(dump_config(cfg))
-        self.base_checkpoint = str(ensure_base(cfg, progress))
+        base = ensure_base(cfg, progress)
+        self.base_checkpoint = str(Path(base).resolve()) if Path(base).exists() else str(base)  # a hub id stays
 
         start_ray(cfg.ray)
         self.reward_latency_s: dict[str, float] = {}
@@ -210,7 +214,8 @@ class Trainer:
     def _join_weight_group(self) -> None:
         """Learner rank 0 (root) and every rollout actor form (a new formation of) the broadcast group."""
         gpus = self.cfg.learner.num_gpus_per_worker > 0 and self.cfg.rollout.num_gpus_per_actor > 0
-        backend = "nccl" if gpus else "gloo"
+        # The learner's backend, when set, is the group's too (gloo over logical GPUs rehearses a GPU plan).
+        backend = self.cfg.learner.backend if self.cfg.learner.backend != "auto" else ("nccl" if gpus else "gloo")
         root = self.learner.workers[0]
         addr, port = ray.get(root.master_endpoint.remote())
         world = 1 + len(self.actors)

@@ -41,7 +41,6 @@ from policies.batch import Condition
 from policies.conditioning import PreferenceConditioning
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-DECODE_CHUNK = 16
 """Latents decoded per VAE call (bounds the decoder's activation memory on a GPU)."""
 
 
@@ -178,7 +177,7 @@ class DiffusersBackbone(nn.Module, abc.ABC):
         """Latents -> ``[B, H, W, 3]`` float32 images in [0, 1]."""
         vae = self.vae
         out = []
-        for chunk in latents.split(DECODE_CHUNK):
+        for chunk in latents.split(self.cfg.decode_batch_size):
             z = chunk.to(vae.device, vae.dtype) / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)
             out.append((vae.decode(z).sample.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1))
         return torch.cat(out)
@@ -400,7 +399,7 @@ class LTX2Backbone(DiffusersBackbone):
 
         vae, c = self.vae, self.transformer.config
         out = []
-        for chunk in latents.split(DECODE_CHUNK):
+        for chunk in latents.split(self.cfg.decode_batch_size):
             video, _ = self._split(chunk.to(vae.device))
             z = LTX2Pipeline._unpack_latents(video, *self.latent_grid, c.patch_size, c.patch_size_t)
             z = LTX2Pipeline._denormalize_latents(z, vae.latents_mean, vae.latents_std, vae.config.scaling_factor)

@@ -10,7 +10,7 @@ import torch
 from infra.config import SamplerConfig
 import numpy as np
 
-from policies.batch import Condition, GroupSpec, RolloutBatch
+from policies.batch import Condition, GroupSpec, RolloutBatch, concat_batches
 from policies.policy import Policy
 from policies.samplers import SdeTrajectory, VelocityFn, dpm_sample, ode_sample, sde_sample, time_grid
 
@@ -87,12 +87,19 @@ def guided_velocity(v: Callable[..., torch.Tensor], cond: Condition | None, unco
 
 @torch.no_grad()
 def rollout_groups(policy: Policy, groups: list[GroupSpec], group_size: int, sampler: SamplerConfig,
-                   policy_version: int, device: torch.device | str = "cpu", reference: bool = False) -> RolloutBatch:
+                   policy_version: int, device: torch.device | str = "cpu", reference: bool = False,
+                   micro_batch_size: int | None = None) -> RolloutBatch:
     """Encode each group's prompt (and source image), sample, decode: what a rollout actor returns.
 
     ``batch.conditions`` keeps one encoded row per group (the learner trains on them);
     ``batch.images`` holds the decoded samples as uint8. ``reference`` samples the base model.
+    ``micro_batch_size``: at most this many samples (whole groups, at least one) go through the model at
+    once, each chunk leaving the device as uint8 images before the next starts.
     """
+    per_chunk = len(groups) if micro_batch_size is None else max(1, micro_batch_size // group_size)
+    if per_chunk < len(groups):
+        return concat_batches([rollout_groups(policy, groups[i:i + per_chunk], group_size, sampler, policy_version,
+                                              device, reference) for i in range(0, len(groups), per_chunk)])
     sources = None
     if any(g.source_image is not None for g in groups):
         sources = np.stack([g.source_image for g in groups]).astype(np.float32)

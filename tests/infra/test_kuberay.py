@@ -35,3 +35,24 @@ def test_rayjob_runs_the_cli_against_the_cluster():
     assert doc["spec"]["entrypoint"].startswith("paretoslider train") and "--address auto" in doc["spec"]["entrypoint"]
     pools = worker_resources(doc["spec"]["rayClusterSpec"]["workerGroupSpecs"])
     assert set(pools) == {"rollout-gpu", "learner-gpu"}
+
+
+def pod_specs(doc: dict) -> list[dict]:
+    spec = doc["spec"].get("rayClusterSpec", doc["spec"])
+    return [spec["headGroupSpec"]["template"]["spec"]] + [g["template"]["spec"] for g in spec["workerGroupSpecs"]]
+
+
+def test_every_pod_has_a_memory_backed_shm_shared_storage_and_the_hub_token():
+    for name in ("raycluster.yaml", "rayjob.yaml"):
+        doc = yaml.safe_load((ROOT / name).read_text())
+        for pod in pod_specs(doc):
+            volumes = {v["name"]: v for v in pod["volumes"]}
+            assert volumes["dshm"]["emptyDir"]["medium"] == "Memory", name
+            assert volumes["shared"]["persistentVolumeClaim"]["claimName"] == "paretoslider-shared", name
+            for container in pod["containers"]:
+                mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+                assert mounts == {"/dev/shm": "dshm", "/shared": "shared"}, name
+                token = next(e for e in container["env"] if e["name"] == "HF_TOKEN")
+                assert token["valueFrom"]["secretKeyRef"]["optional"] is True
+    entry = yaml.safe_load((ROOT / "rayjob.yaml").read_text())["spec"]["entrypoint"]
+    assert "--set run_dir=/shared/" in entry  # learner ranks on other pods write where --resume reads

@@ -102,3 +102,8 @@ def test_colocate_config_rules():
         load_config(None, ["cluster.colocate=true", "cluster.placement_groups=true"])
     with pytest.raises(ConfigError, match="max_inflight_groups"):
         load_config(None, ["cluster.max_inflight_groups=3"])
+    shared_gpus = ["cluster.colocate=true", "cluster.placement_groups=true", "loop.max_staleness=0",
+                   "learner.num_gpus_per_worker=0.5", "rollout.num_gpus_per_actor=0.5"]
+    with pytest.raises(ConfigError, match="two NCCL ranks"):
+        load_config(None, shared_gpus + ["cluster.weight_sync=collective"])
+    assert load_config(None, shared_gpus).cluster.weight_sync == "object_store"
