@@ -432,6 +432,9 @@ class PoolConfig(Strict):
     """Custom resources each bundle needs, e.g. ``{rollout_pool: 1}`` to pin the pool to node types."""
     memory_gb: float | None = Field(None, gt=0)
     """Memory reserved per bundle (None: no reservation)."""
+    gpu_memory_gb: float | None = Field(None, gt=0)
+    """GPU memory of one card of this pool: ``--dry-run`` refuses a plan whose estimated peak per actor
+    (measured on the meta device, ``pipelines.memory_plan``) exceeds it. None: not checked."""
 
 
 class ClusterConfig(Strict):

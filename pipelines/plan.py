@@ -67,8 +67,9 @@ def _read_configs(transformer_cls, vae_cls, base: str) -> tuple[dict, dict, str]
                      f"the Hugging Face cache or {SHIPPED_CONFIGS}/<org>/<repo>): {error}")
 
 
-def trainable_weights(cfg: Config) -> SyncedWeights:
-    """What one weight sync moves: the policy's trainable tensors (LoRA + preference modules)."""
+def build_meta_policy(cfg: Config):
+    """``(policy, config source, seconds)``: the policy every role builds, on the ``meta`` device for
+    diffusers kinds (weights in the configured dtype, no memory), without encoders."""
     from policies.policy import Policy, build_backbone
 
     if cfg.model.lora_rank == 0 and cfg.model.kind != "toy2d":
@@ -87,14 +88,22 @@ def trainable_weights(cfg: Config) -> SyncedWeights:
                                                     str(base_location(cfg)))
         # Every tensor on meta, buffers included: SD3.5's 384 x 384 sin-cos position table alone
         # would take seconds and ~1 GiB on the CPU.
+        from policies.diffusers_backbones import DTYPES
+
         with torch.device("meta"):
-            backbone = cls(transformer_cls.from_config(config), None, vae_config, cfg.num_objectives, cfg.model)
+            transformer = transformer_cls.from_config(config).to(DTYPES[cfg.model.diffusers.dtype])
+            backbone = cls(transformer, None, vae_config, cfg.num_objectives, cfg.model)
             policy = Policy(backbone, cfg.model)
+    return policy, source, time.perf_counter() - start
+
+
+def trainable_weights(cfg: Config, built=None) -> SyncedWeights:
+    """What one weight sync moves: the policy's trainable tensors (LoRA + preference modules)."""
+    policy, source, seconds = built or build_meta_policy(cfg)
     named = list(policy.trainable_named())
     lora = sum(p.numel() for n, p in named if "lora_" in n)
     pref = sum(p.numel() for n, p in named if ".pref." in n or n.startswith("pref."))
-    return SyncedWeights(len(named), sum(p.numel() for _, p in named), lora, pref, source,
-                         time.perf_counter() - start)
+    return SyncedWeights(len(named), sum(p.numel() for _, p in named), lora, pref, source, seconds)
 
 
 def describe_plan(cfg: Config) -> str:
@@ -115,7 +124,8 @@ def describe_plan(cfg: Config) -> str:
     micro = math.ceil(per_rank / lc.micro_batch_size)
     rollout_gpus, learner_gpus = ro.num_actors * ro.num_gpus_per_actor, lc.world_size * lc.num_gpus_per_worker
     reward_gpus = sum(n * g for _, n, g, _ in objectives)
-    w = trainable_weights(cfg)
+    built = build_meta_policy(cfg)
+    w = trainable_weights(cfg, built)
     image = cfg.model.kind != "toy2d"
     dtype = cfg.model.diffusers.dtype if image else "fp32"
     d = cfg.model.diffusers
@@ -153,7 +163,31 @@ def describe_plan(cfg: Config) -> str:
         f"{w.params * 4 / 2**20:.1f} MiB in fp32",
         f"  counted on a policy built {'on the meta device ' if image else ''}in {w.build_s:.1f} s; no weights loaded",
     ]
+    if image:
+        lines += ["estimated peak GPU memory (meta device; transformer + adapters, encoders and VAE not counted):",
+                  *_memory_lines(cfg, built[0])]
     return "\n".join(lines)
+
+
+def _memory_lines(cfg: Config, policy) -> list[str]:
+    """One line per role, checked against its pool's ``gpu_memory_gb`` (a plan that cannot fit is refused)."""
+    from pipelines.memory_plan import role_memory
+
+    lines = []
+    pools = {"rollout actor": ("cluster.rollout.gpu_memory_gb", cfg.cluster.rollout.gpu_memory_gb,
+                               "lower rollout.micro_batch_size"),
+             "learner rank": ("cluster.learner.gpu_memory_gb", cfg.cluster.learner.gpu_memory_gb,
+                              "lower learner.micro_batch_size or algorithm.train_timesteps, turn on "
+                              "model.diffusers.gradient_checkpointing, or raise learner.zero_stage")}
+    for role in role_memory(cfg, policy):
+        field, card, fix = pools[role.role]
+        fits = "" if card is None else f" of {card:g} GiB ({field})"
+        lines.append(f"  {role.role}: {role.total_gib:.1f} GiB = weights and optimizer {role.weights_gib:.1f} + "
+                     f"activations {role.activations_gib:.1f}{fits}")
+        if card is not None and role.total_gib > card:
+            raise ValueError(f"a {role.role} needs an estimated {role.total_gib:.1f} GiB of GPU memory, more than "
+                             f"{field}={card:g}: {fix}")
+    return lines
 
 
 def _sampler_name(cfg: Config) -> str:

@@ -104,7 +104,8 @@ class DiffusersBackbone(nn.Module, abc.ABC):
 
     @abc.abstractmethod
     def _encode_prompts(self, prompts: list[str]) -> Condition:
-        """Text (and pooled) embeddings of ``prompts``."""
+        """Text (and pooled) embeddings of ``prompts``, in the transformer's dtype (they are repeated per
+        sample on the device and shipped to the learner: float32 copies of bf16 values double both)."""
 
     # ---- the interface ------------------------------------------------------------------------------
     @property
@@ -247,7 +248,7 @@ class SD3Backbone(DiffusersBackbone):
         text, _, pooled, _ = self._pipe.encode_prompt(
             prompts, None, None, device=self.vae.device, do_classifier_free_guidance=False,
             max_sequence_length=self.cfg.max_sequence_length)
-        return Condition(text=text.float(), pooled=pooled.float())
+        return Condition(text=text.to(self.dtype), pooled=pooled.to(self.dtype))
 
     def _velocity(self, x: torch.Tensor, t: torch.Tensor, cond: Condition) -> torch.Tensor:
         # diffusers' SD3 takes the timestep in [0, 1000] (the pipeline feeds scheduler.timesteps).
@@ -266,7 +267,7 @@ class FluxKontextBackbone(DiffusersBackbone):
     def _encode_prompts(self, prompts: list[str]) -> Condition:
         text, pooled, _ = self._pipe.encode_prompt(prompts, None, device=self.vae.device,
                                                    max_sequence_length=self.cfg.max_sequence_length)
-        return Condition(text=text.float(), pooled=pooled.float())
+        return Condition(text=text.to(self.dtype), pooled=pooled.to(self.dtype))
 
     @staticmethod
     def _pack(z: torch.Tensor) -> torch.Tensor:
@@ -361,7 +362,7 @@ class LTX2Backbone(DiffusersBackbone):
                                                 max_sequence_length=self.cfg.max_sequence_length,
                                                 device=self.vae.device)
         video, audio, mask = pipe.connectors(embeds, mask, padding_side=getattr(pipe.tokenizer, "padding_side", "left"))
-        return Condition(text=video.float(), audio_text=audio.float(), text_mask=mask.float())
+        return Condition(text=video.to(self.dtype), audio_text=audio.to(self.dtype), text_mask=mask.float())
 
     def _split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Flat samples -> packed video tokens ``[B, N, C]`` and audio tokens ``[B, L, C_a]``."""

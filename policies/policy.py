@@ -146,9 +146,9 @@ class Policy(nn.Module):
 
         counts = dict.fromkeys(targets, 0)
         for name, module in self.net.named_modules():
-            leaf = name.rsplit(".", 1)[-1]
-            if isinstance(module, LoraLayer) and leaf in counts:
-                counts[leaf] += 1
+            if isinstance(module, LoraLayer):
+                for target in targets:  # a target names a module by its trailing path ("fc1", "attn.to_q")
+                    counts[target] += name == target or name.endswith("." + target)
         return counts
 
     def trainable_state(self) -> dict[str, torch.Tensor]:

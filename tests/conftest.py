@@ -26,6 +26,8 @@ def start_local_ray():
 def stop_ray() -> None:
     import ray
 
+    if not ray.is_initialized():
+        return  # serve.shutdown() would join (and shut down) whatever cluster runs on this machine
     try:
         from ray import serve
 

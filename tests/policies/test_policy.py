@@ -76,3 +76,13 @@ def test_rollout_groups_are_reproducible_and_layout_independent(base_path, kind)
         assert torch.equal(full.trajectory.latents[:, -1], full.samples)
     else:
         assert full.trajectory is None
+
+
+def test_adapter_report_counts_the_modules_each_target_bound(base_path):
+    cfg = ModelConfig(**SMALL, lora_rank=4, lora_targets=["fc1", "fc2"])
+    policy = build_policy(cfg, 2, base_path)
+    # Counted independently: the backbone's own Linear layers with those names.
+    base = load_base(cfg, 2, base_path)
+    want = {t: sum(n.rsplit(".", 1)[-1] == t for n, _ in base.named_modules()) for t in ("fc1", "fc2")}
+    assert policy.adapter_report(["fc1", "fc2", "to_q"]) == {**want, "to_q": 0} and min(want.values()) > 0
+    assert build_policy(ModelConfig(**SMALL, lora_rank=0), 2, base_path).adapter_report(["fc1"]) == {}
