@@ -104,6 +104,10 @@ class LearnerWorker:
         ema_update(self.old_state.values(), self.trained_state.values(), decay)
         ema_update(self.ema_state.values(), self.trained_state.values(), e_decay)
         totals["learner/old_decay"] = decay
+        if self.cfg.cluster.colocate and self.device.type == "cuda":
+            # The rollout actors sharing this GPU reload next: hand back the allocator's cached activation
+            # blocks (weights and optimizer states stay resident).
+            torch.cuda.empty_cache()
         totals["learner/ema_decay"] = e_decay
         return totals
 

@@ -128,6 +128,8 @@ class Trainer:
         self.sync = ObjectStoreWeightSync()
         self.group_id = 0
         """Formation of the collective weight-sync group (re-formed when a rollout actor restarts)."""
+        self.driver_bytes = 0
+        """Bytes of rollout results fetched into the driver since the last logged step."""
         self.published: dict[int, str] = {}
         """Digest of each published policy version (the recent ones), as the learner sent it."""
         try:
@@ -275,6 +277,7 @@ class Trainer:
             self._check_digest(f"rollout actor {i}", batch.policy_version, batch.weights_digest,
                                self.published.get(batch.policy_version, "(a version no longer recorded)"))
             self.clock.add("weight_check", batch.digest_s)
+            self.driver_bytes += batch.nbytes()
             batches.append(batch)
         return concat_batches(batches)
 
@@ -356,6 +359,9 @@ class Trainer:
                 elapsed = time.perf_counter() - wall0
                 metrics["loop/samples_per_s"] = samples_done / elapsed
                 metrics["loop/policy_version"] = float(st.version)
+                # What passed through the driver this step (the rollouts it fetched): the baseline that a
+                # streaming loop, where samples stay in the object store, brings down.
+                metrics["loop/driver_bytes_in"], self.driver_bytes = float(self.driver_bytes), 0
                 for k, v in self.clock.busy.items():
                     metrics[f"time/{k}_s"] = v
                 t0 = time.perf_counter()

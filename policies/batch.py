@@ -126,6 +126,15 @@ class RolloutBatch:
     def samples_numpy(self) -> np.ndarray:
         return self.samples.detach().cpu().numpy()
 
+    def nbytes(self) -> int:
+        """Bytes of the batch's tensors (what fetching it moves)."""
+        tensors = [self.samples, self.preferences, self.group_index, self.rewards, self.images]
+        if self.trajectory is not None:
+            tensors += [self.trajectory.latents, self.trajectory.log_probs]
+        if self.conditions is not None:
+            tensors += [getattr(self.conditions, f.name) for f in fields(Condition)]
+        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
 
 def channels_first(images: np.ndarray) -> np.ndarray:
     """``[..., H, W, 3]`` (how images are rendered and decoded) -> ``[..., 3, H, W]``."""
