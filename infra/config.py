@@ -16,9 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 
 class Strict(BaseModel):
-    """Base for every config node: unknown keys are errors, assignments are re-validated."""
+    """Base for every config node: unknown keys are errors, assignments are re-validated, and each
+    field's docstring becomes its description (the schema and the docs read it)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
 
 
 class TinyModelConfig(Strict):
@@ -31,17 +32,21 @@ class TinyModelConfig(Strict):
     vae_groups: int = Field(8, ge=1)
     """GroupNorm groups in the VAE (must divide every width)."""
     latent_channels: int = Field(4, ge=1)
+    """Channels of the tiny VAE's latents."""
     num_layers: int = Field(4, ge=1)
     """Joint (double-stream) transformer blocks."""
     num_single_layers: int = Field(2, ge=0)
     """Single-stream blocks (Flux only)."""
     num_heads: int = Field(4, ge=1)
+    """Attention heads of the tiny transformer."""
     head_dim: int = Field(16, ge=8)
+    """Width of each of those heads (transformer width = num_heads * head_dim)."""
     text_dim: int = Field(32, ge=8)
     """Width of each tiny text encoder (CLIP); T5's width is twice this."""
     text_layers: int = Field(2, ge=2)
     """Text-encoder layers (>= 2: SD3 reads CLIP's penultimate hidden state)."""
     text_heads: int = Field(2, ge=1)
+    """Attention heads of each tiny text encoder."""
     max_text_tokens: int = Field(16, ge=4)
     """Tokenizer length (CLIP context and T5 ``max_sequence_length`` of the tiny models)."""
 
@@ -66,6 +71,7 @@ class DiffusersConfig(Strict):
     height: int = Field(32, ge=8)
     """Generated image / video height in pixels."""
     width: int = Field(32, ge=8)
+    """Generated image / video width in pixels."""
     num_frames: int = Field(9, ge=1)
     """Generated video frames (ltx2 only; image kinds ignore it). ``num_frames - 1`` must be a multiple
     of the video VAE's temporal compression (LTX-2: 8, so 9, 17, ..., 121)."""
@@ -109,6 +115,7 @@ class ModelConfig(Strict):
     """peft ``init_lora_weights``: ``default`` (Kaiming-uniform A, zero B) or ``gaussian`` (A ~ N(0, 1/r),
     zero B: the reference's). Either way the adapted model starts exactly at the base."""
     diffusers: DiffusersConfig = Field(default_factory=DiffusersConfig)
+    """How a diffusers backbone is loaded and run (ignored by toy2d)."""
     tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
     """Architecture of the tiny base ``paretoslider pretrain`` builds when ``diffusers.pretrained`` is None."""
 
@@ -135,10 +142,15 @@ class PretrainConfig(Strict):
     """Flow-matching pre-training of the base model (``paretoslider pretrain``)."""
 
     steps: int = Field(3000, ge=1)
+    """Optimizer steps of the base's flow-matching pre-training."""
     batch_size: int = Field(512, ge=1)
+    """Samples per pre-training step."""
     lr: float = Field(2e-3, gt=0)
+    """Peak learning rate of the pre-training (AdamW, one-cycle schedule for the shapes world)."""
     seed: int = 0
+    """Seeds the pre-training's data, noise and initial weights."""
     data: ToyDataConfig = Field(default_factory=ToyDataConfig)
+    """The toy2d base's training distribution."""
     checkpoint: str = "runs/base/toy2d_base.pt"
     """Where the base model is saved (a diffusers directory for image kinds); ``train`` pre-trains
     it on the fly if it is missing and ``model.diffusers.pretrained`` is not set."""
@@ -228,10 +240,13 @@ class RewardsConfig(Strict):
     batch_wait_timeout_s: float = Field(0.005, ge=0)
     """``@serve.batch`` wait for more requests before scoring a partial batch."""
     num_replicas: int = Field(1, ge=1)
+    """Serve replicas per objective (an objective's own ``num_replicas`` wins)."""
     max_ongoing_requests: int = Field(64, ge=1)
+    """Requests a reward replica accepts at once before Serve queues them."""
     num_cpus: float = Field(0.1, ge=0)
     """CPUs reserved per reward replica (fractional so a 2-core laptop fits the whole loop)."""
     num_gpus: float = Field(0.0, ge=0)
+    """GPUs per reward replica (an objective's own ``num_gpus`` wins); fractions share a GPU."""
     resources: dict[str, float] = Field(default_factory=dict)
     """Custom resources per replica, e.g. ``{reward_pool: 1}`` to keep judges on the reward nodes."""
     timeout_s: float = Field(60.0, gt=0)
@@ -284,6 +299,7 @@ class SamplerConfig(Strict):
     """ODE solver of ``kind: ode``: ``euler``, or ``dpmpp_2m`` (deterministic DPM-Solver++(2M) on data
     predictions, first order on the first and last step: the reference's ``dpm2`` rollouts)."""
     num_steps: int = Field(10, ge=1, le=1000)
+    """Sampler steps from noise (t = 1) to data (t = 0)."""
     noise_level: float = Field(0.7, ge=0)
     """Flow-GRPO ``a`` in ``sigma_t = a sqrt(t / (1 - t))``."""
     shift: float = Field(1.0, gt=0)
@@ -302,8 +318,11 @@ class RolloutConfig(Strict):
     """Rollout actors and the shape of one step's batch."""
 
     num_actors: int = Field(1, ge=1)
+    """Rollout actors; each samples its share of every step's groups."""
     num_cpus_per_actor: float = Field(0.5, ge=0)
+    """CPUs each rollout actor reserves."""
     num_gpus_per_actor: float = Field(0.0, ge=0)
+    """GPUs each rollout actor reserves (fractions share a GPU, e.g. with colocation)."""
     prompts_per_step: int = Field(8, ge=1)
     """Prompts per step (toy2d is unconditional: a prompt is just an index)."""
     group_size: int = Field(16, ge=2)
@@ -313,6 +332,7 @@ class RolloutConfig(Strict):
     whole share at once. Bounds the rollout's activation memory: each chunk is encoded, sampled and
     decoded to uint8 before the next starts. Results do not depend on it (noise is drawn per group)."""
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    """How rollouts sample (ODE / SDE, steps, grid, guidance)."""
 
 
 class AlgorithmConfig(Strict):
@@ -335,6 +355,7 @@ class AlgorithmConfig(Strict):
     fixed_preference: list[float] | None = None
     """Train every sample at this single ``w`` instead of sampling (fixed-weight baselines)."""
     adv_clip: float = Field(5.0, gt=0)
+    """Advantages are clipped to [-adv_clip, adv_clip] (DiffusionNFT's A_max; GRPO's advantage clip)."""
     nft_beta: float = Field(0.1, gt=0, le=1)
     """DiffusionNFT ``beta`` mixing the current and the old velocity."""
     loss_scale: float = Field(5.0, gt=0)
@@ -353,6 +374,7 @@ class AlgorithmConfig(Strict):
     old_decay_per_step: float = Field(0.001, ge=0, le=1)
     """Old (sampling) policy: ``old <- d old + (1 - d) theta`` with ``d = min(rate * step, max)``."""
     old_decay_max: float = Field(0.5, ge=0, le=1)
+    """Cap of the old (sampling) policy's decay ``min(old_decay_per_step * s, old_decay_max)``."""
     ema_decay: float = Field(0.9, ge=0, lt=1)
     """EMA of the trained weights (what is evaluated, checkpointed and registered): the largest decay."""
     ema_schedule: Literal["warmup", "constant"] = "warmup"
@@ -365,33 +387,42 @@ class LearnerConfig(Strict):
     """The DeepSpeed learner group."""
 
     world_size: int = Field(1, ge=1)
+    """Learner ranks (data-parallel DeepSpeed engines)."""
     num_cpus_per_worker: float = Field(0.5, ge=0)
+    """CPUs each learner rank reserves."""
     num_gpus_per_worker: float = Field(0.0, ge=0)
+    """GPUs each learner rank reserves."""
     backend: Literal["auto", "gloo", "nccl"] = "auto"
     """torch.distributed backend; ``auto`` = nccl with GPUs, gloo without."""
     zero_stage: int = Field(0, ge=0, le=3)
     """DeepSpeed ZeRO stage. The learner runs 0, 1 and 2; a job with 3 is rejected (its partitioned
     parameters would make the old-policy swap and the EMA read empty tensors)."""
     lr: float = Field(3e-4, gt=0)
+    """AdamW learning rate of the LoRA / backbone parameters."""
     pref_lr_mult: float = Field(10.0, gt=0)
     """Learning-rate multiplier of the preference modules (they start from ~zero)."""
     weight_decay: float = Field(0.0, ge=0)
+    """AdamW's decoupled weight decay (the reference's SD3.5 recipe: 1e-4)."""
     adam_eps: float = Field(1e-8, gt=0)
     """AdamW's ``eps`` (torch's default). Adam's first step is ``lr * g / (|g| + eps)``: with a large eps
     it is linear in the gradient (what the learner tests use to compare steps across summation orders)."""
     grad_clip: float = Field(1.0, gt=0)
+    """Global gradient-norm clip."""
     micro_batch_size: int = Field(256, ge=1)
     """Samples per forward/backward on one worker."""
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """DeepSpeed's compute precision; the old-policy and EMA copies stay fp32 whatever it is."""
 
 
 class LoopConfig(Strict):
     """The single-controller training loop."""
 
     steps: int = Field(300, ge=1)
+    """Training steps (one optimizer step each)."""
     max_staleness: int = Field(1, ge=0)
     """Rollouts may run this many policy versions ahead of the learner (0 = on-policy, synchronous)."""
     seed: int = 0
+    """Seeds the preference draws, group seeds and training noise (with the step index)."""
     log_every: int = Field(1, ge=1)
     """Record the step's metrics every N steps (they reach MLflow at the next checkpoint)."""
     scatter_every: int = Field(100, ge=1)
@@ -409,7 +440,9 @@ class TrackingConfig(Strict):
     tracking_uri: str | None = None
     """None: ``$MLFLOW_TRACKING_URI`` or ``sqlite:///mlflow.db`` in the working directory."""
     experiment: str = "paretoslider"
+    """MLflow experiment the run is logged in."""
     run_name: str | None = None
+    """MLflow run name (None: the job's ``name``)."""
 
 
 class RayConfig(Strict):
@@ -444,7 +477,9 @@ class ClusterConfig(Strict):
     """Reserve the rollout and learner pools as Ray placement groups (gang-scheduled; a pool that
     cannot fit fails at start-up with a clear error). False: plain per-actor resource requests."""
     rollout: PoolConfig = Field(default_factory=PoolConfig)
+    """How the rollout pool is reserved."""
     learner: PoolConfig = Field(default_factory=PoolConfig)
+    """How the learner pool is reserved."""
     colocate: bool = False
     """Rollout actors share the learner's bundles (fractional GPUs): rollout i goes in bundle
     ``i % learner.world_size`` and its model is offloaded while the learner trains. Needs
@@ -471,7 +506,9 @@ class SimulationConfig(Strict):
     on the objectives themselves (the ``simulated_cost`` reward)."""
 
     enabled: bool = False
+    """Replace sampling and training by their stand-in costs."""
     rollout_s_per_sample: float = Field(0.001, ge=0)
+    """Seconds a rollout actor is charged per sample."""
     train_s_per_sample: float = Field(0.001, ge=0)
     """Charged per learner rank on its shard."""
     sample_bytes: int = Field(4096, ge=8)
@@ -495,9 +532,11 @@ class ServeConfig(Strict):
     port: int = Field(8000, ge=1, le=65535)
     """HTTP port of the endpoint."""
     num_replicas: int = Field(1, ge=1)
+    """Replicas of the slider deployment."""
     num_cpus: float = Field(0.5, ge=0)
     """CPUs reserved per model replica."""
     num_gpus: float = Field(0.0, ge=0)
+    """GPUs per slider replica."""
     max_batch_size: int = Field(16, ge=1)
     """``@serve.batch``: requests generated together (1 = unbatched)."""
     batch_wait_timeout_s: float = Field(0.01, ge=0)
@@ -509,6 +548,7 @@ class ServeConfig(Strict):
     max_size: int = Field(1024, ge=16)
     """Largest ``width`` / ``height`` (and source-image side) in pixels."""
     max_prompt_chars: int = Field(2000, ge=1)
+    """Longer prompts are rejected with a 422 naming the limit."""
     max_body_bytes: int = Field(8 * 2**20, ge=1024)
     """Largest request body; larger ones are answered 413 before they are read."""
     points_per_request: int = Field(256, ge=1, le=100_000)
@@ -545,6 +585,7 @@ class SliderVariant(Strict):
     """One more preference-conditioned model to compare (e.g. another scalarisation)."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
+    """Its key in the comparison tables (letters, digits, ``_.-``)."""
     overrides: list[str] = Field(default_factory=list)
     """Dotted overrides applied to the job config for this model, e.g. ``algorithm.scalarisation=tchebycheff``."""
 
@@ -570,25 +611,43 @@ class Config(Strict):
     """The whole job."""
 
     name: str = "toy2d"
+    """The job's name: MLflow run name and registered model name."""
     run_dir: str = "runs/toy2d"
     """Checkpoints, the resolved config and the run state live here."""
     model: ModelConfig = Field(default_factory=ModelConfig)
+    """The policy: backbone, LoRA and preference modules."""
     data: DataConfig = Field(default_factory=DataConfig)
+    """Prompts (and source images) the rollouts draw from."""
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    """The base model (pre-trained in-repo for toy2d and the shapes world)."""
     rewards: RewardsConfig = Field(default_factory=RewardsConfig)
+    """The objectives and how they are served."""
     preferences: PreferenceConfig = Field(default_factory=PreferenceConfig)
+    """How preference vectors w are drawn for training."""
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    """Rollout actors and one step's batch."""
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
+    """The RL objective, advantages and policy copies."""
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    """The DeepSpeed learner group."""
     loop: LoopConfig = Field(default_factory=LoopConfig)
+    """The single-controller training loop."""
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    """MLflow tracking."""
     ray: RayConfig = Field(default_factory=RayConfig)
+    """How to reach Ray."""
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    """Resource pools, placement and weight sync."""
     simulate: SimulationConfig = Field(default_factory=SimulationConfig)
+    """Stage-cost simulation (orchestration benchmarks)."""
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    """MLflow model registry."""
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    """The slider endpoint."""
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    """Pareto sweeps and their measures."""
     compare: CompareConfig = Field(default_factory=CompareConfig)
+    """The comparison with fixed-weight models and rewarded soups."""
 
     @field_validator("name")
     @classmethod
