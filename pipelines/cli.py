@@ -69,6 +69,14 @@ def show_config(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     typer.echo(dump_config(_load(config, set_)))
 
 
+@app.command("config-reference")
+def config_reference() -> None:
+    """Print the configuration reference (every field, its type, default and docstring) as Markdown."""
+    from pipelines.config_reference import render_reference
+
+    typer.echo(render_reference(), nl=False)
+
+
 @app.command()
 def register(run: Annotated[Path, typer.Argument(help="Training run directory (config.yaml + checkpoints/)")],
              name: Annotated[Optional[str], typer.Option(help="Registered-model name (default: registry.model_name or the run's name)")] = None,

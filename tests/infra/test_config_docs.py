@@ -26,3 +26,13 @@ def test_every_config_field_has_a_docstring():
     missing = [f"{name}.{field}" for name, node in nodes.items() for field, info in node.model_fields.items()
                if not (info.description or "").strip()]
     assert missing == [], f"fields without a docstring: {missing}"
+
+
+def test_the_configuration_reference_in_docs_is_the_generated_one():
+    from pathlib import Path
+
+    from pipelines.config_reference import render_reference
+
+    page = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+    assert page.read_text() == render_reference(), "regenerate: paretoslider config-reference > docs/configuration.md"
+    assert "`learner.adam_eps`" in page.read_text() and "`rewards.objectives[].name`" in page.read_text()

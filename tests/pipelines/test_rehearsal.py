@@ -138,6 +138,7 @@ def test_sd35_preset_rehearsal_trains_registers_and_survives_failures(gpu_cluste
     # 3. The driver is SIGKILLed between checkpoints (after step 3), then resumed with --resume.
     cfg = rehearsal_config(twins, tmp_path / "resumed", gpu_cluster.address)
     config, record = tmp_path / "resumed" / "config.json", tmp_path / "resumed" / "record.jsonl"
+    config.parent.mkdir()
     config.write_text(cfg.model_dump_json())
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     driver = ROOT / "tests" / "pipelines" / "sigkill_driver.py"
