@@ -74,6 +74,23 @@ def slider_monotonicity(preferences: np.ndarray, rewards: np.ndarray) -> np.ndar
     return np.asarray(out, dtype=np.float64)
 
 
+def slider_max_jump(preferences: np.ndarray, rewards: np.ndarray) -> np.ndarray:
+    """``[M]`` the largest change of mean ``r_m`` between adjacent sweep points, as a share of ``r_m``'s
+    range over the sweep (controllability: a switch scores 1 whatever its hypervolume; a slider that
+    moves evenly over ``P`` points of a line, ``1 / (P - 1)``).
+
+    Adjacent points are those at the grid's smallest L1 distance (neighbours on the simplex lattice);
+    NaN where ``r_m`` is constant.
+    """
+    w, r = np.asarray(preferences, dtype=np.float64), np.asarray(rewards, dtype=np.float64)
+    dist = np.abs(w[:, None, :] - w[None, :, :]).sum(-1)
+    step = dist[dist > 1e-12].min()
+    i, j = np.nonzero(np.triu(np.abs(dist - step) <= 1e-9 * step, k=1))
+    span = np.ptp(r, axis=0)
+    jumps = np.abs(r[i] - r[j]).max(axis=0)
+    return np.where(span > 0, jumps / np.where(span > 0, span, 1.0), np.nan)
+
+
 def mean_interval(x: np.ndarray, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
     """Per column of ``x [N, M]``: the mean and the half-width of its ``confidence`` t-interval."""
     x = np.asarray(x, dtype=np.float64)

@@ -89,3 +89,18 @@ def test_sample_hypervolume_credits_compromises_not_mixtures():
     assert sample_hypervolume(compromise, ref) == pytest.approx(0.09)
     assert hypervolume(mixture.mean(0), ref) > hypervolume(compromise.mean(0), ref)
     assert sample_hypervolume(np.array([[2.0, 3.0], [-1.0, 5.0]]), np.array([1.0, 1.0])) == pytest.approx(2 / 2)
+
+
+def test_max_jump_scores_a_switch_at_one_and_an_even_slider_at_one_step():
+    from policies.fronts import slider_max_jump
+
+    w = simplex_grid(2, 11)  # w_1 = 1, 0.9, ..., 0 (any order)
+    even = np.stack([w[:, 0], 1 - w[:, 0] ** 2], axis=1)  # r_1 moves 0.1 per step; r_2 unevenly
+    switch = np.where(w[:, :1] > 0.5, [[1.0, 0.0]], [[0.0, 1.0]])
+    np.testing.assert_allclose(slider_max_jump(w, even), [0.1, 0.19])  # 1 - 0.9^2 = 0.19 at the w_1 = 1 end
+    np.testing.assert_allclose(slider_max_jump(w, switch), [1.0, 1.0])
+    flat = np.ones((11, 2))
+    assert np.isnan(slider_max_jump(w, flat)).all()
+    # 3 objectives on the lattice with 4 points per edge: r = w moves 1/3 of its range per step.
+    w3 = simplex_grid(3, 4)
+    np.testing.assert_allclose(slider_max_jump(w3, w3), [1 / 3] * 3)
