@@ -283,7 +283,7 @@ class Trainer:
 
     def score(self, batch: RolloutBatch) -> torch.Tensor:
         t0 = time.perf_counter()
-        pending = self.rewards.submit(RewardInputs(samples=batch.reward_samples(), prompts=batch.prompts,
+        pending = self.rewards.submit(RewardInputs(samples=batch.reward_payload(), prompts=batch.prompts,
                                                    source_images=batch.source_images()))
         scores = pending.result()
         self.clock.add("reward", time.perf_counter() - t0)

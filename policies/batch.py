@@ -116,6 +116,13 @@ class RolloutBatch:
             return channels_first(self.images.numpy().astype(np.float32) / 255.0)
         return self.samples_numpy().astype(np.float32)
 
+    def reward_payload(self) -> np.ndarray:
+        """:meth:`reward_samples` as it crosses the reward boundary: decoded images stay uint8 (the reward
+        servers divide by 255, bit-identically), a quarter of float32's bytes."""
+        if self.images is not None:
+            return channels_first(self.images.numpy())
+        return self.samples_numpy().astype(np.float32)
+
     def source_images(self) -> np.ndarray | None:
         """``[B, 3, H, W]`` float32 source image of each sample's group (None without editing)."""
         if any(g.source_image is None for g in self.groups):

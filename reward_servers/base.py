@@ -27,14 +27,17 @@ class RewardInputs:
 
     samples: np.ndarray
     """``[B, ...]`` float32: 2-D points for toy2d; images ``[B, 3, H, W]`` (channels first) in [0, 1]
-    (``reward_servers.codecs``); videos ``[B, F, 3, H, W]`` in [0, 1]."""
+    (``reward_servers.codecs``); videos ``[B, F, 3, H, W]`` in [0, 1]. Images may also travel as uint8
+    (0-255, a quarter of the bytes): :func:`score_batch` hands a reward ``x / 255`` in float32."""
     prompts: list[str] | None = None
     """``B`` text prompts (instruction for editing tasks)."""
     source_images: np.ndarray | None = None
     """``[B, 3, H, W]`` float32 source images in [0, 1] of an editing task (same layout as ``samples``)."""
 
     def __post_init__(self) -> None:
-        self.samples = np.asarray(self.samples, dtype=np.float32)
+        self.samples = np.asarray(self.samples)
+        if self.samples.dtype != np.uint8:
+            self.samples = self.samples.astype(np.float32, copy=False)
         if self.samples.ndim < 1:
             raise ValueError(f"RewardInputs.samples must be [B, ...], got a scalar of shape {self.samples.shape}")
         n = len(self)
@@ -72,6 +75,12 @@ class RewardInputs:
             source_images=None if self.source_images is None else self.source_images[a:b],
         )
 
+    def as_float(self) -> RewardInputs:
+        """The batch with uint8 images as float32 in [0, 1] (what every reward reads)."""
+        if self.samples.dtype != np.uint8:
+            return self
+        return RewardInputs(self.samples.astype(np.float32) / 255.0, self.prompts, self.source_images)
+
     @classmethod
     def concat(cls, parts: Sequence[RewardInputs]) -> RewardInputs:
         """One batch from several; an optional field present in only some parts is dropped.
@@ -79,6 +88,8 @@ class RewardInputs:
         Serve batches requests from different callers; each request was checked against the
         reward's ``inputs`` before it was queued, so a dropped field is one the reward does not use.
         """
+        if len({p.samples.dtype for p in parts}) > 1:  # uint8 images beside float ones: compare as floats
+            parts = [p.as_float() for p in parts]
         prompts = None
         if all(p.prompts is not None for p in parts):
             prompts = [s for p in parts for s in p.prompts]
@@ -131,7 +142,8 @@ class RewardInfo:
 def score_batch(reward: Reward, batch: RewardInputs) -> np.ndarray:
     """``reward.score(batch)``; a video batch ``[B, F, 3, H, W]`` is scored as ``B * F`` frames (with
     each video's prompt and source image) and each video gets its frames' mean score, unless the
-    reward declares ``takes_video = True``."""
+    reward declares ``takes_video = True``. uint8 images are scored as ``x / 255``."""
+    batch = batch.as_float()
     if batch.samples.ndim != 5 or getattr(reward, "takes_video", False):
         return reward.score(batch)
     b, f = batch.samples.shape[:2]

@@ -1,10 +1,12 @@
 """Ray Serve app that scores batches: one ``RewardDeployment`` per objective behind a ``RewardRouter``.
 
 The training driver reaches the router through a ``DeploymentHandle`` (``router.score``, Ray
-serialization). The router fans each request out to every objective at once and stacks the answers
-into ``[B, M]``; each objective's deployment merges concurrent requests with ``@serve.batch`` and
-scores them in one call. A failing or hung objective fails the request with a
-``RewardServerError`` that names it.
+serialization). The router puts the batch into the object store once and fans it out to every
+objective at once (each replica reads the same object); an objective with ``R > 1`` replicas gets the
+batch in ``R`` slices, one request each, so every replica scores. The answers are stacked into
+``[B, M]``; each objective's deployment merges concurrent requests with ``@serve.batch`` and scores
+them in one call. A failing or hung objective fails the request with a ``RewardServerError`` that
+names it.
 
 With ``rewards.route_prefix`` the router also answers HTTP (a shared reward cluster):
 ``POST {prefix}/score`` takes an ``.npz`` batch (``codecs.encode_batch``; an optional
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import ray
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from ray.serve.schema import DeploymentStatus
@@ -91,10 +94,13 @@ class ScoredBatch:
 class RewardRouter:
     """Fans a batch out to every objective and returns ``[B, M]`` scores in config order."""
 
-    def __init__(self, specs: list[dict[str, Any]], handles: list[DeploymentHandle | None], timeout_s: float):
+    def __init__(self, specs: list[dict[str, Any]], handles: list[DeploymentHandle | None], timeout_s: float,
+                 replicas: list[int] | None = None):
         self.specs = [RewardSpec.model_validate(s) for s in specs]
         self.handles = handles
         self.timeout_s = timeout_s
+        self.replicas = replicas or [1] * len(self.specs)
+        """Replicas of each objective's deployment: a batch goes to them in as many slices."""
         self.labels = [s.display for s in self.specs]
         self._infos: list[RewardInfo] | None = None
 
@@ -103,9 +109,21 @@ class RewardRouter:
         picked = [self.labels.index(label) for label in labels] if labels is not None else range(len(self.specs))
         start = time.perf_counter()
         latency: dict[str, float] = {}
+        slices: dict[int, list] = {}
+
+        def shared(n: int) -> list:
+            """The batch in ``n`` slices, each put into the object store once for every objective."""
+            if n not in slices:
+                sizes = [len(part) for part in np.array_split(np.arange(len(inputs)), n)]
+                slices[n] = [ray.put(part) for part in inputs.split(sizes) if len(part)]
+            return slices[n]
 
         async def timed(i: int) -> np.ndarray:
-            out = await self._score(self.specs[i], self.handles[i], inputs)
+            if self.handles[i] is None:  # an external server: the batch goes over HTTP
+                out = await self._score(self.specs[i], None, inputs)
+            else:
+                out = await self._score_slices(self.specs[i], self.handles[i],
+                                               shared(min(self.replicas[i], len(inputs)) or 1))
             latency[self.labels[i]] = time.perf_counter() - start
             return out
 
@@ -117,11 +135,26 @@ class RewardRouter:
             raise RewardServerError("; ".join(map(str, failures)), getattr(failures[0], "objective", None))
         return ScoredBatch(np.stack(results, axis=1), latency)
 
-    async def _score(self, spec: RewardSpec, handle: DeploymentHandle | None, inputs: RewardInputs) -> np.ndarray:
+    async def _score_slices(self, spec: RewardSpec, handle: DeploymentHandle, refs: list) -> np.ndarray:
+        """One objective's scores of a batch put as ``refs`` (Ray resolves a top-level ref before the
+        replica's call, from the object store of the replica's node), gathered in order."""
+        if len(refs) == 1:
+            return await self._score(spec, handle, refs[0])
+        responses = []
+        for ref in refs:
+            response = handle.remote(ref)
+            # Routed one at a time: once a slice is assigned, the router counts it on its replica and
+            # sends the next to an idler one (slices routed at the same instant all pick the same replica).
+            await response._to_object_ref()
+            responses.append(response)
+        return np.concatenate(await asyncio.gather(*(self._score(spec, None, None, r) for r in responses)))
+
+    async def _score(self, spec: RewardSpec, handle: DeploymentHandle | None, inputs, response=None) -> np.ndarray:
+        """One objective's scores of ``inputs`` (or of a ``response`` already routed)."""
         who = f"reward server {_who(spec)}"
-        if handle is None:
+        if handle is None and response is None:
             return await score_remote(spec, inputs, self.timeout_s)
-        response = handle.remote(inputs)
+        response = response or handle.remote(inputs)
         try:
             return await asyncio.wait_for(response, self.timeout_s)
         except asyncio.TimeoutError:
@@ -243,7 +276,8 @@ def build_app(cfg: RewardsConfig) -> serve.Application:
         # The router only awaits other replicas; a CPU reservation would be wasted on a laptop.
         ray_actor_options={"num_cpus": 0},
         logging_config=QUIET_LOGS,
-    ).bind([s.model_dump() for s in cfg.objectives], objectives, cfg.timeout_s)
+    ).bind([s.model_dump() for s in cfg.objectives], objectives, cfg.timeout_s,
+           [spec.num_replicas or cfg.num_replicas for spec in cfg.objectives])
 
 
 def start_serve() -> None:

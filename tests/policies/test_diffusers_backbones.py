@@ -129,6 +129,8 @@ def test_rollout_samples_decode_and_reproduce(tiny_pipeline, kind):
         assert batch.images.shape == (6, *frames, 32, 32, 3) and batch.images.dtype == torch.uint8
         assert batch.reward_samples().shape == (6, *frames, 3, 32, 32)  # what the reward boundary gets
         assert batch.conditions.text.shape[0] == 2 and batch.reward_samples().max() <= 1.0
+        payload = batch.reward_payload()  # what training sends: the uint8 images, channels first
+        assert payload.dtype == np.uint8 and np.array_equal(payload / np.float32(255.0), batch.reward_samples())
         again = rollout_groups(policy, groups[1:], 3, sampler, policy_version=2)
         assert torch.allclose(batch.samples[3:], again.samples, atol=1e-5)
         if sampler.kind == "sde":

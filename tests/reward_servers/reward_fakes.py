@@ -47,3 +47,23 @@ class Faulty:
         if self.raise_error:
             raise ZeroDivisionError("bad batch")
         return np.zeros(len(batch), dtype=np.float32)
+
+
+@register("fake_replica_pid")
+class ReplicaPid:
+    """Scores every sample with the process id of the replica that scored it (after ``sleep_s``, so that
+    concurrent requests overlap), to show which replicas a batch reached."""
+
+    name = "fake_replica_pid"
+    inputs = ("samples",)
+    range = (0.0, math.inf)
+    direction = "max"
+
+    def __init__(self, sleep_s: float = 0.3):
+        self.sleep_s = sleep_s
+
+    def score(self, batch: RewardInputs) -> np.ndarray:
+        import os
+
+        time.sleep(self.sleep_s)
+        return np.full(len(batch), os.getpid(), dtype=np.float64)

@@ -170,3 +170,19 @@ def test_ocr_rewards_the_right_text():
     assert scores[0] == pytest.approx(1.0)  # case and spaces do not count
     assert scores[1] == 0.0  # a blank image renders nothing
     assert wrong[0] < 0.5
+
+
+def test_uint8_images_score_exactly_as_their_float_copies(clip_dir):
+    """Images cross the reward boundary as uint8; every reward reads x / 255 in float32, so the scores are
+    the float path's to the bit, and a Serve batch mixing both kinds compares them as floats."""
+    from reward_servers.base import score_batch
+
+    pixels = np.random.default_rng(3).integers(0, 256, (3, 3, 32, 32), dtype=np.uint8)
+    wire = RewardInputs(pixels, ["a red image", "a blue image", "a cat"], source_images=pixels / 255.0)
+    floats = RewardInputs(pixels.astype(np.float32) / 255.0, wire.prompts, source_images=pixels / 255.0)
+    assert wire.samples.dtype == np.uint8 and wire.samples.nbytes * 4 == floats.samples.nbytes
+    for name, args in (("clip_score", {"model": clip_dir}), ("ssim", {})):
+        r = reward(name, **args)
+        np.testing.assert_array_equal(score_batch(r, wire), score_batch(r, floats))
+    mixed = RewardInputs.concat([wire, floats])
+    assert mixed.samples.dtype == np.float32 and np.array_equal(mixed.samples[:3], mixed.samples[3:])

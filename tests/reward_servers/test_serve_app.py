@@ -120,3 +120,18 @@ def test_reward_that_fails_to_start_is_named(ray_serve):
         "'kind' must be one of ['neg_distance', 'gaussian'], got 'cosine'"
     )
     assert "rewards_bad" not in serve.status().applications
+
+
+def test_a_batch_is_split_over_an_objectives_replicas_and_gathered_in_order(ray_serve):
+    """Two replicas of one objective: the 16-sample batch goes out in two slices of 8, one per replica
+    (the router's second request goes to the idle replica), and comes back in order beside an objective
+    with one replica."""
+    cfg = RewardsConfig(objectives=[RewardSpec(name="fake_replica_pid", label="pid", num_replicas=2),
+                                    RewardSpec(name="fake_prompt_length", label="words")],
+                        batch_wait_timeout_s=0.01)
+    inputs = batch(16, seed=5)
+    with RewardClient(cfg, app_name="rewards_split") as c:
+        scores = c.score(inputs)
+    pids = scores[:, 0]
+    assert len(set(pids[:8])) == 1 and len(set(pids[8:])) == 1 and pids[0] != pids[8]  # both replicas scored
+    np.testing.assert_array_equal(scores[:, 1], [len(p) for p in inputs.prompts])  # order kept
