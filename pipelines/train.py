@@ -260,8 +260,12 @@ class Trainer:
         carries the newest weight handle and the version it must sample with at least."""
         groups = plan_groups(self.cfg, step)
         chunks = np.array_split(np.arange(len(groups)), len(self.actors))
-        return [(i, part, self.actors[i].generate.remote(part, self.handle, self.state.version + 1))
-                for i, c in enumerate(chunks) if len(c) for part in [[groups[j] for j in c]]]
+        issued = []
+        for i, chunk in enumerate(chunks):
+            if len(chunk):
+                part = [groups[j] for j in chunk]
+                issued.append((i, part, self.actors[i].generate.remote(part, self.handle, self.state.version + 1)))
+        return issued
 
     def collect(self, chunks: list[tuple[int, list, ray.ObjectRef]]) -> RolloutBatch:
         """Wait for a step's chunks and check each against what the learner published. A chunk whose
