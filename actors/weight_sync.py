@@ -23,14 +23,19 @@ are float32, and an actor casts into its own parameters' dtype. Buckets are size
 rank cuts the same buckets even when senders and receivers hold different dtypes."""
 
 
+def _digest_tensor(digest, name: str, wire_values) -> None:
+    """Feed one tensor (its name, then its float32 values as a numpy array) into ``digest``."""
+    digest.update(name.encode())
+    digest.update(wire_values.tobytes())
+
+
 def state_digest(state: dict[str, torch.Tensor]) -> str:
     """A digest of ``state`` as it travels: names and float32 bytes, in sorted name order (so it does not
     depend on how the tensors were bucketed)."""
-    h = hashlib.blake2b(digest_size=16)
+    digest = hashlib.blake2b(digest_size=16)
     for name in sorted(state):
-        h.update(name.encode())
-        h.update(state[name].detach().to("cpu", WIRE_DTYPE).contiguous().numpy().tobytes())
-    return h.hexdigest()
+        _digest_tensor(digest, name, state[name].detach().to("cpu", WIRE_DTYPE).contiguous().numpy())
+    return digest.hexdigest()
 
 
 class WeightSyncError(RuntimeError):
@@ -122,8 +127,7 @@ class CollectiveGroup:
             self.pg.broadcast([flat], opts).wait()
             host, offset = flat.cpu().numpy(), 0
             for name, t in zip(names, tensors):
-                digest.update(name.encode())
-                digest.update(host[offset: offset + t.numel()].tobytes())
+                _digest_tensor(digest, name, host[offset: offset + t.numel()])
                 if self.rank != 0:
                     t.copy_(flat[offset: offset + t.numel()].view_as(t))
                 offset += t.numel()
