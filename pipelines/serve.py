@@ -27,8 +27,9 @@ import base64
 import hashlib
 import hmac
 import json
+import io
 import os
-import shutil
+import tarfile
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -115,8 +116,10 @@ async def _invalid_request(request: Request, err: InvalidRequest) -> JSONRespons
 class SliderServer:
     """One replica: the model, its request checks, and batched generation."""
 
-    def __init__(self, model_dir: str, limits: dict[str, Any], token_sha256: str | None):
-        self.model = SliderModel.from_model_dir(model_dir)
+    def __init__(self, source: "ModelSource", limits: dict[str, Any], token_sha256: str | None):
+        # The model directory lives as long as the replica, on the replica's own node.
+        self._model_dir = tempfile.TemporaryDirectory(prefix="paretoslider-replica-")
+        self.model = SliderModel.from_model_dir(source.fetch(Path(self._model_dir.name)))
         self.limits = ServeConfig.model_validate(limits)
         self.token_sha256 = token_sha256
         self._generate_batch.set_max_batch_size(self.limits.max_batch_size)
@@ -241,24 +244,77 @@ def start_serve_http(host: str, port: int) -> None:
             "endpoint before other Serve apps (e.g. a training job's reward servers), or set serve.port to it")
 
 
+@dataclass(frozen=True)
+class ModelSource:
+    """Where each replica fetches the model directory from, on its own node: an MLflow artifact URI
+    (registered and logged models; each replica downloads it), or, for a local source, a tar of the
+    directory in Ray's object store (alive while the driver that deployed it is)."""
+
+    uri: str | None = None
+    tracking_uri: str | None = None
+    packed: Any = None
+    """``ray.ObjectRef`` of the tar's bytes (local sources)."""
+
+    def fetch(self, dst: Path) -> Path:
+        import ray
+
+        from pipelines.registry import download_model_dir
+
+        if self.uri is not None:
+            return download_model_dir(self.uri, self.tracking_uri, dst)
+        with tarfile.open(fileobj=io.BytesIO(ray.get(self.packed))) as tar:
+            tar.extractall(dst, filter="data")
+        return dst / MODEL_DIR
+
+
+MODEL_DIR = "slider"
+
+
+def model_source(source: "str | Path", tracking_uri: "str | None") -> "tuple[ModelSource, bytes | None]":
+    """Check a source without loading its model (its manifest and, for a run directory, its files) and
+    say how replicas get it; local sources also give the tar the driver puts in the object store."""
+    from pipelines.registry import artifact_uri, download_model_dir, is_uri, local_model_dir
+    from pipelines.slider_artifact import RunWeights, read_manifest, write_model_dir
+
+    if is_uri(source):
+        uri = artifact_uri(str(source), tracking_uri)
+        with tempfile.TemporaryDirectory() as tmp:
+            read_manifest(download_model_dir(uri, tracking_uri, tmp, manifest_only=True))
+        return ModelSource(uri=uri, tracking_uri=tracking_uri), None
+    path = Path(source)
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = local_model_dir(path)
+        if model_dir is None:
+            if not (path / "config.yaml").is_file():
+                raise FileNotFoundError(f"{source} is neither a models:/ or runs:/ URI, a slider model directory "
+                                        "nor a training run directory (config.yaml + checkpoints/)")
+            model_dir = Path(tmp) / MODEL_DIR
+            write_model_dir(RunWeights.read(path), path, model_dir)
+        read_manifest(model_dir)
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:  # uncompressed: weights do not compress
+            tar.add(model_dir, arcname=MODEL_DIR)
+    return ModelSource(), buf.getvalue()
+
+
 @dataclass
 class SliderEndpoint:
-    """A running slider app; ``close()`` deletes it and its exported model directory."""
+    """A running slider app; ``close()`` deletes it (and releases a local model's object)."""
 
     url: str
-    model_dir: Path
+    source: ModelSource
 
     def close(self) -> None:
         serve.delete(APP_NAME)
-        shutil.rmtree(self.model_dir.parent, ignore_errors=True)
 
 
 def deploy_slider(cfg: Config, source: "str | Path", tracking_uri: "str | None" = None) -> SliderEndpoint:
-    """Load the model in the driver (bad sources fail here), export it for the replicas, deploy.
+    """Check the source in the driver (bad sources fail here; no model is loaded), deploy the replicas,
+    each of which loads the model from the registry / artifact store (or the object store) itself.
 
     ``cfg`` gives ``serve.*`` and ``ray.*``; the model brings its own training config.
     """
-    from pipelines.registry import load_slider
+    import ray
 
     s = cfg.serve
     token = None
@@ -267,15 +323,15 @@ def deploy_slider(cfg: Config, source: "str | Path", tracking_uri: "str | None" 
         if not token:
             raise ValueError(f"serve.require_token is set but the environment variable {s.token_env} "
                              "(serve.token_env) is empty")
-    model = load_slider(source, tracking_uri or cfg.tracking.tracking_uri)
-    # Replicas may run in another working directory: they load an exported copy with absolute paths.
-    model_dir = model.export(Path(tempfile.mkdtemp(prefix="paretoslider-serve-")) / "slider")
+    model, packed = model_source(source, tracking_uri or cfg.tracking.tracking_uri)
     start_ray(cfg.ray)
+    if packed is not None:
+        model = ModelSource(packed=ray.put(packed))
     start_serve_http(s.host, s.port)
     app = SliderServer.options(
         num_replicas=s.num_replicas, max_ongoing_requests=s.max_ongoing_requests,
-        ray_actor_options={"num_cpus": s.num_cpus, "num_gpus": s.num_gpus},
-    ).bind(str(model_dir), s.model_dump(), token_digest(token) if token else None)
+        ray_actor_options={"num_cpus": s.num_cpus, "num_gpus": s.num_gpus, "resources": dict(s.resources)},
+    ).bind(model, s.model_dump(), token_digest(token) if token else None)
     serve.run(app, name=APP_NAME, route_prefix="/")
     host = "127.0.0.1" if s.host in ("0.0.0.0", "::") else s.host
-    return SliderEndpoint(f"http://{host}:{s.port}", model_dir)
+    return SliderEndpoint(f"http://{host}:{s.port}", model)

@@ -1,19 +1,12 @@
-"""A trained slider ready for inference: base model + EMA trainable weights + objectives.
+"""A trained slider at inference: the base model + EMA trainable weights, and ``generate`` for checked requests.
 
 One object serves every way a trained model is used after training — the MLflow pyfunc model,
 the Ray Serve endpoint and the benchmark — and loads from either of two places:
 
-- a training run directory (``config.yaml`` + the latest checkpoint's EMA weights);
-- a model directory written by :meth:`SliderModel.export` (what the MLflow model carries)::
-
-      slider.json     manifest: model kind, output kind, objectives, base pointer + sha256, step
-      config.yaml     the resolved training config
-      trainable.pt    EMA trainable tensors (LoRA + preference modules), torch weights-only format
-
-The base model is not copied: the manifest points at it and records its sha256 (of the file, or
-over every file of a diffusers directory: ``infra.checkpoint.content_sha256``), and loading fails
-if the base there is not the one the adapter was trained on. A hub id (``model.diffusers.pretrained``)
-is recorded as such, unhashed: the manifest says so.
+- a training run directory (``config.yaml`` + the latest checkpoint's EMA weights; the base where
+  the config says it is);
+- a model directory (``pipelines.slider_artifact``: what the MLflow model carries, base included or
+  pinned on the hub).
 """
 
 from __future__ import annotations
@@ -21,69 +14,21 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import json
-import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
 
 import numpy as np
 import torch
 import yaml
 from PIL import Image, ImageDraw
 
-from infra.checkpoint import atomic_write_bytes, atomic_write_text, content_sha256, load_latest_checkpoint
-from infra.config import Config, dump_config
+from infra.config import Config
 from pipelines.plots import preference_colours, target_points
-from pipelines.pretrain import base_location
+from pipelines.slider_artifact import (Objective, RunWeights, is_hub_id, local_base, model_io, objectives_of,
+                                       read_manifest, read_trainable, resolve_base)
 from policies.batch import GroupSpec
 from policies.policy import build_policy
 from policies.rollout import rollout_groups
-
-MANIFEST = "slider.json"
-FORMAT_VERSION = 1
-
-OutputKind = Literal["points", "image"]
-
-
-@dataclass(frozen=True)
-class ModelIO:
-    """What a backbone family takes and gives at inference (drives the request checks and the page)."""
-
-    output_kind: OutputKind
-    """``points``: a ``[N, 2]`` sample cloud, shown as a scatter; ``image``: ``[H, W, 3]`` uint8."""
-    uses_prompt: bool
-    """Every request needs a non-empty prompt (models without one ignore it)."""
-    uses_source_image: bool
-    """Every request needs a source image to edit (models without one refuse it)."""
-
-
-MODEL_IO: dict[str, ModelIO] = {
-    "toy2d": ModelIO("points", uses_prompt=False, uses_source_image=False),
-    "sd3": ModelIO("image", uses_prompt=True, uses_source_image=False),
-    "flux_kontext": ModelIO("image", uses_prompt=True, uses_source_image=True),
-}
-"""Inference contract per ``model.kind``: what the requests must bring and what ``generate`` returns
-(the backbone's ``decode`` gives the pixels; a video kind adds its entry and its frames' encoding)."""
-
-BaseKind = Literal["file", "directory", "hub"]
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-"""``namespace/name`` of a hub repository (a local path that does not exist is not taken for one
-unless it has exactly this shape)."""
-HUB_NOTE = "hub id: not hashed, the hub revision it resolves to when loaded is not pinned"
-
-
-@dataclass(frozen=True)
-class Objective:
-    """One slider: an objective of the training config, in ``w`` order."""
-
-    index: int
-    label: str
-    reward: str
-    """Registry name of the reward that scored it during training."""
-    args: dict[str, Any]
-    description: str
-    """First line of the reward's docstring, with the reward's arguments."""
 
 
 @dataclass(frozen=True)
@@ -127,132 +72,36 @@ def decode_image(data: str, max_side: int) -> Image.Image:
     return image.convert("RGB")
 
 
-@dataclass(frozen=True)
-class BaseRef:
-    """Where the base model of an adapter lives: a file (toy2d), a diffusers directory, or a hub id."""
-
-    location: str
-    """Absolute path, or the hub id as configured."""
-    kind: BaseKind
-
-    @classmethod
-    def of_config(cls, cfg: Config, where: Path) -> BaseRef:
-        """The base of a training config (relative paths from the working directory); fails if a
-        local base is missing. ``where`` names the config in the messages."""
-        location = base_location(cfg)
-        name = "pretrain.checkpoint" if isinstance(location, Path) else "model.diffusers.pretrained"
-        if isinstance(location, str) and not Path(location).exists() and HUB_ID.match(location):
-            return cls(location, "hub")
-        path = Path(location).resolve()
-        if cfg.model.kind == "toy2d":
-            if not path.is_file():
-                raise FileNotFoundError(f"base checkpoint {path} ({name} of {where}) not found")
-            return cls(str(path), "file")
-        if not (path / "model_index.json").is_file():
-            hub = " nor a hub id (namespace/name)" if isinstance(location, str) else ""
-            raise FileNotFoundError(f"base model {path} ({name} of {where}) is not a diffusers directory "
-                                    f"(no model_index.json){hub}")
-        return cls(str(path), "directory")
-
-    def sha256(self) -> str | None:
-        return None if self.kind == "hub" else content_sha256(self.location)
-
-    def manifest(self, sha256: str | None) -> dict[str, Any]:
-        out = {"base_checkpoint": self.location, "base_kind": self.kind, "base_sha256": sha256}
-        return {**out, "base_note": HUB_NOTE} if self.kind == "hub" else out
-
-    def verify(self, sha256: str | None, manifest_path: Path) -> None:
-        """Fail unless the base is still there and (local bases) has the recorded ``sha256``."""
-        if self.kind == "hub":
-            return
-        path = Path(self.location)
-        if not (path.is_dir() if self.kind == "directory" else path.is_file()):
-            raise FileNotFoundError(f"base {self.kind} {path} named by {manifest_path} not found")
-        if content_sha256(path) != sha256:
-            what = "sha256 over its files" if self.kind == "directory" else "sha256"
-            raise ValueError(f"base {self.kind} {path} changed since the model was exported ({what} differs "
-                             f"from {manifest_path}); the adapter needs its own base")
-
-
-def _describe(spec) -> str:
-    from reward_servers.registry import reward_factory
-
-    doc = (reward_factory(spec.name).__doc__ or "").strip().replace("``", "")
-    args = ", ".join(f"{k}={v}" for k, v in spec.args.items())
-    return (doc.splitlines()[0] if doc else spec.name) + (f" ({args})" if args else "")
-
-
 class SliderModel:
     """The EMA policy of a finished run, its objectives, and ``generate`` for checked requests."""
 
-    def __init__(self, cfg: Config, trainable: dict[str, torch.Tensor], base: BaseRef,
-                 objectives: list[Objective], step: int, mlflow_run_id: str | None,
-                 base_sha256: str | None = None):
-        if cfg.model.kind not in MODEL_IO:
-            raise ValueError(f"model.kind {cfg.model.kind!r} has no inference contract yet; "
-                             f"known: {sorted(MODEL_IO)}")
-        self.cfg, self.io = cfg, MODEL_IO[cfg.model.kind]
-        self.base, self.objectives = base, objectives
+    def __init__(self, cfg: Config, trainable: dict[str, torch.Tensor], base: str | Path,
+                 objectives: list[Objective], step: int, mlflow_run_id: str | None):
+        self.cfg, self.io = cfg, model_io(cfg.model.kind)
+        self.base, self.objectives = base, objectives  # a local path; a hub id only for format-1 hub models
         self.step, self.mlflow_run_id = step, mlflow_run_id
-        self._base_sha256 = base_sha256  # hashing a multi-GB base directory once is enough
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.policy = build_policy(cfg.model, cfg.num_objectives, base.location).eval()
+        self.policy = build_policy(cfg.model, cfg.num_objectives, base).eval()
         self.policy.load_trainable_state(trainable)
         self.policy.to(self.device)
 
-    @property
-    def base_checkpoint(self) -> Path | str:
-        """The base's path (a hub id stays a string)."""
-        return self.base.location if self.base.kind == "hub" else Path(self.base.location)
-
-    # ---- loading and saving ---------------------------------------------------------------------
     @classmethod
     def from_run_dir(cls, run_dir: str | Path) -> SliderModel:
         """The EMA weights of the run's latest checkpoint (base path resolved from the working dir)."""
-        run_dir = Path(run_dir)
-        cfg = Config.model_validate(yaml.safe_load((run_dir / "config.yaml").read_text()))
-        latest = load_latest_checkpoint(run_dir)
-        if latest is None:
-            raise FileNotFoundError(f"run directory {run_dir} has no checkpoint (checkpoints/latest.json)")
-        step, blob = latest
-        base = BaseRef.of_config(cfg, run_dir / "config.yaml")
-        objectives = [Objective(i, s.display, s.name, dict(s.args), _describe(s))
-                      for i, s in enumerate(cfg.rewards.objectives)]
-        return cls(cfg, blob["weights"]["ema"], base, objectives, step, blob["loop"]["mlflow_run_id"] or None)
+        run = RunWeights.read(run_dir)
+        cfg = run.cfg
+        base = cfg.model.diffusers.pretrained if is_hub_id(cfg) else local_base(cfg, Path(run_dir) / "config.yaml")
+        return cls(cfg, run.ema, base, objectives_of(cfg), run.step, run.mlflow_run_id)
 
     @classmethod
     def from_model_dir(cls, model_dir: str | Path) -> SliderModel:
-        """A directory written by :meth:`export`; a local base must match the recorded sha256."""
+        """A model directory (``pipelines.slider_artifact``); its base must match the recorded digest."""
         model_dir = Path(model_dir)
-        manifest = json.loads((model_dir / MANIFEST).read_text())
-        if manifest.get("format") != FORMAT_VERSION:
-            raise ValueError(f"{model_dir / MANIFEST}: format {manifest.get('format')!r}, "
-                             f"this code reads format {FORMAT_VERSION}")
-        # Manifests written before image models had no base_kind: their base was a file.
-        base = BaseRef(manifest["base_checkpoint"], manifest.get("base_kind", "file"))
-        base.verify(manifest["base_sha256"], model_dir / MANIFEST)
+        manifest = read_manifest(model_dir)
+        base = resolve_base(model_dir, manifest["base"])
         cfg = Config.model_validate(yaml.safe_load((model_dir / "config.yaml").read_text()))
-        trainable = torch.load(model_dir / "trainable.pt", map_location="cpu", weights_only=True)
-        objectives = [Objective(**o) for o in manifest["objectives"]]
-        return cls(cfg, trainable, base, objectives, manifest["step"], manifest["mlflow_run_id"],
-                   manifest["base_sha256"])
-
-    def manifest(self) -> dict[str, Any]:
-        if self._base_sha256 is None:
-            self._base_sha256 = self.base.sha256()
-        return {"format": FORMAT_VERSION, "model_kind": self.cfg.model.kind, **asdict(self.io),
-                "objectives": [asdict(o) for o in self.objectives], **self.base.manifest(self._base_sha256),
-                "step": self.step, "mlflow_run_id": self.mlflow_run_id}
-
-    def export(self, out_dir: str | Path) -> Path:
-        """Write the model directory (manifest, config, EMA trainable tensors)."""
-        out = Path(out_dir)
-        buf = io.BytesIO()
-        torch.save(self.policy.trainable_state(), buf)
-        atomic_write_bytes(out / "trainable.pt", buf.getvalue())
-        atomic_write_text(out / "config.yaml", dump_config(self.cfg))
-        atomic_write_text(out / MANIFEST, json.dumps(self.manifest(), indent=2) + "\n")
-        return out
+        return cls(cfg, read_trainable(model_dir), base, [Objective(**o) for o in manifest["objectives"]],
+                   manifest["step"], manifest["mlflow_run_id"])
 
     # ---- inference ------------------------------------------------------------------------------
     @property

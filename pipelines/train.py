@@ -368,7 +368,7 @@ class Trainer:
             bar.close()
             result = None if cfg.simulate.enabled else self.final_sweep()
             if cfg.registry.register_on_finish and not cfg.simulate.enabled:
-                from pipelines.slider_model import MODEL_IO
+                from pipelines.slider_artifact import MODEL_IO
 
                 if cfg.model.kind in MODEL_IO:
                     self.register()

@@ -1,0 +1,104 @@
+"""The model directory with a hub base: pinned by id, commit and per-file sha256 on the registering
+host, fetched through the hub cache and checked on the serving host (an emulated hub cache, offline:
+``models--ORG--NAME/{refs/main, snapshots/COMMIT/...}``, as ``huggingface_hub`` lays it out)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import huggingface_hub.constants
+import numpy as np
+import pytest
+
+from image_slider_run import PROMPT, write_image_run
+from infra.config import dump_config
+from pipelines.slider_artifact import RunWeights, write_model_dir
+from pipelines.slider_model import GenerationSpec, SliderModel
+
+REPO = "tiny-org/tiny-sd3"
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def hub_cache(root: Path, pipeline: Path, extra_root_file: bool = False) -> Path:
+    """A hub cache under ``root`` holding ``pipeline`` as ``REPO`` at ``COMMIT`` (``main`` points there)."""
+    repo = root / "models--tiny-org--tiny-sd3"
+    shutil.copytree(pipeline, repo / "snapshots" / COMMIT)
+    if extra_root_file:  # like SD3.5's single-file checkpoint next to the diffusers folders
+        (repo / "snapshots" / COMMIT / "single_file.safetensors").write_bytes(b"not part of the pipeline")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(COMMIT)
+    return root
+
+
+@pytest.fixture
+def offline_cache(monkeypatch):
+    def use(cache: Path) -> None:
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+    return use
+
+
+@pytest.fixture
+def hub_run(tiny_pipeline, tmp_path):
+    """A tiny SD3 run whose config names its base by hub id, and the same run on the local directory."""
+    base = tiny_pipeline("sd3")
+    local = write_image_run("sd3", base, tmp_path / "local")
+    hub = local.model_copy(update={"model": local.model.model_copy(update={
+        "diffusers": local.model.diffusers.model_copy(update={"pretrained": REPO})})})
+    (Path(local.run_dir) / "config.yaml").write_text(dump_config(hub))
+    return hub, base
+
+
+def test_a_hub_base_is_pinned_fetched_and_checked_on_the_serving_host(hub_run, tmp_path, offline_cache):
+    cfg, base = hub_run
+    offline_cache(hub_cache(tmp_path / "registering", base, extra_root_file=True))
+    manifest = write_model_dir(RunWeights.read(cfg.run_dir), Path(cfg.run_dir), tmp_path / "slider")
+    entry = manifest["base"]
+    assert (entry["kind"], entry["id"], entry["revision"]) == ("hub", REPO, COMMIT)
+    want = {f.relative_to(base).as_posix(): hashlib.sha256(f.read_bytes()).hexdigest()
+            for f in base.rglob("*") if f.is_file()}
+    assert entry["files"] == want  # every pipeline file, not the root's single-file checkpoint
+    assert not (tmp_path / "slider" / "base").exists()
+    assert json.loads((tmp_path / "slider" / "slider.json").read_text())["base"] == entry
+
+    # Another host: its own cache holds the same commit; the model loads from there, same images.
+    offline_cache(hub_cache(tmp_path / "serving", base))
+    served = SliderModel.from_model_dir(tmp_path / "slider")
+    assert Path(served.base) == tmp_path / "serving" / "models--tiny-org--tiny-sd3" / "snapshots" / COMMIT
+    # The reference: the same EMA tensors on the pipeline directory itself, no hub involved.
+    twin = cfg.model_copy(update={"model": cfg.model.model_copy(update={
+        "diffusers": cfg.model.diffusers.model_copy(update={"pretrained": str(base)})})})
+    run = RunWeights.read(cfg.run_dir)
+    reference = SliderModel(twin, run.ema, base, served.objectives, run.step, None)
+    specs = [GenerationSpec((1.0, 0.0), 3, 3, 1, PROMPT["sd3"]), GenerationSpec((0.2, 0.8), 4, 3, 1, PROMPT["sd3"])]
+    for a, b in zip(served.generate(specs), reference.generate(specs)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_missing_or_changed_hub_base_names_what_is_wrong(hub_run, tmp_path, offline_cache):
+    cfg, base = hub_run
+    offline_cache(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match=rf"hub base {REPO} at revision main .* not in this host's hub "
+                                                r"cache.*hf download"):
+        write_model_dir(RunWeights.read(cfg.run_dir), Path(cfg.run_dir), tmp_path / "slider")
+
+    offline_cache(hub_cache(tmp_path / "registering", base))
+    write_model_dir(RunWeights.read(cfg.run_dir), Path(cfg.run_dir), tmp_path / "slider")
+    offline_cache(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match=rf"hub base {REPO} at revision {COMMIT} .* cannot be fetched"):
+        SliderModel.from_model_dir(tmp_path / "slider")
+
+    serving = hub_cache(tmp_path / "serving", base)
+    snapshot = serving / "models--tiny-org--tiny-sd3" / "snapshots" / COMMIT
+    (snapshot / "vae" / "config.json").unlink()
+    offline_cache(serving)
+    with pytest.raises(FileNotFoundError, match=r"1 file\(s\) missing .*\['vae/config.json'\]"):
+        SliderModel.from_model_dir(tmp_path / "slider")
+    shutil.copy(base / "vae" / "config.json", snapshot / "vae" / "config.json")
+    (snapshot / "scheduler" / "scheduler_config.json").write_text('{"changed": true}')
+    with pytest.raises(ValueError, match=r"\['scheduler/scheduler_config.json'\] .* differ from the files"):
+        SliderModel.from_model_dir(tmp_path / "slider")
