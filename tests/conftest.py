@@ -26,6 +26,9 @@ def start_local_ray():
 def stop_ray() -> None:
     import ray
 
+    if not ray.is_initialized():
+        # serve.shutdown() would join the newest Ray on this machine (another job's) and stop its apps.
+        return
     try:
         from ray import serve
 

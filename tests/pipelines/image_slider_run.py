@@ -39,6 +39,12 @@ def write_image_run(kind: str, base: Path, root: Path, mlflow_run_id: str = "") 
         "rollout": {"sampler": {"num_steps": 3}},
         "tracking": {"tracking_uri": f"sqlite:///{root / 'mlflow.db'}"},
     })
+    return write_run_dir(cfg, base, mlflow_run_id)
+
+
+def write_run_dir(cfg: Config, base: Path, mlflow_run_id: str = "") -> Config:
+    """``cfg.run_dir`` as training leaves it: the config and one checkpoint (step ``STEP``) whose EMA
+    weights are the policy's initial trainable tensors on ``base`` moved off their init (seeded)."""
     policy = build_policy(cfg.model, cfg.num_objectives, base)
     gen = torch.Generator().manual_seed(0)
     ema = {k: v + 0.2 * torch.randn(v.shape, generator=gen) for k, v in policy.trainable_state().items()}
@@ -57,3 +63,12 @@ def source_png(size: int = 48, seed: int = 0) -> str:
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="PNG")
     return base64.b64encode(buf.getvalue()).decode()
+
+
+def no_model_in_the_driver(monkeypatch) -> None:
+    """Make building a base model fail in this process (the driver's side of register and serve)."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the driver loaded the base model")
+
+    monkeypatch.setattr("policies.policy.load_base", refuse)
+    monkeypatch.setattr("pipelines.slider_model.build_policy", refuse)

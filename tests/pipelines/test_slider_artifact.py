@@ -13,7 +13,7 @@ import huggingface_hub.constants
 import numpy as np
 import pytest
 
-from image_slider_run import PROMPT, write_image_run
+from image_slider_run import PROMPT, no_model_in_the_driver, write_image_run
 from infra.config import dump_config
 from pipelines.slider_artifact import RunWeights, write_model_dir
 from pipelines.slider_model import GenerationSpec, SliderModel
@@ -102,3 +102,29 @@ def test_a_missing_or_changed_hub_base_names_what_is_wrong(hub_run, tmp_path, of
     (snapshot / "scheduler" / "scheduler_config.json").write_text('{"changed": true}')
     with pytest.raises(ValueError, match=r"\['scheduler/scheduler_config.json'\] .* differ from the files"):
         SliderModel.from_model_dir(tmp_path / "slider")
+
+
+def test_register_and_serve_read_no_model_in_the_driver(tiny_pipeline, tmp_path, monkeypatch):
+    """The driver's part of ``register`` and ``serve`` copies tensors and files: building the base fails
+    here, and both still work; the copied trainable tensors are the checkpoint's EMA, bit for bit."""
+    import io
+    import tarfile
+
+    import torch
+
+    from pipelines.serve import model_source
+
+    cfg = write_image_run("sd3", tiny_pipeline("sd3"), tmp_path)
+
+    no_model_in_the_driver(monkeypatch)
+    write_model_dir(RunWeights.read(cfg.run_dir), Path(cfg.run_dir), tmp_path / "slider")
+    (checkpoint,) = (Path(cfg.run_dir) / "checkpoints").glob("step_*.pt")  # the run's one checkpoint
+    ema = torch.load(checkpoint, weights_only=True)["weights"]["ema"]
+    copied = torch.load(tmp_path / "slider" / "trainable.pt", weights_only=True)
+    assert copied.keys() == ema.keys() and all(torch.equal(copied[k], ema[k]) for k in ema)
+
+    source, packed = model_source(cfg.run_dir, None)
+    assert source.uri is None and packed is not None
+    with tarfile.open(fileobj=io.BytesIO(packed)) as tar:
+        names = set(tar.getnames())
+    assert {"slider/slider.json", "slider/trainable.pt", "slider/config.yaml", "slider/base/model_index.json"} <= names
