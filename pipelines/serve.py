@@ -2,10 +2,11 @@
 
 Routes (FastAPI ingress; OpenAPI schema at ``/openapi.json``, docs at ``/docs`` and ``/redoc``):
 
-- ``POST /v1/generate`` ``{prompt, preference, seed, steps, width, height, source_image?}`` -> PNG
-  (``Accept: application/json`` -> JSON with the PNG in base64, plus the points of point-cloud
-  models): the generated image of image models, a scatter of the samples of point-cloud models.
-  Image models need a prompt, editing models a source image too. The preference actually used is in the ``X-Preference`` header / ``preference`` field.
+- ``POST /v1/generate`` ``{prompt, preference, seed, steps, width, height, source_image?, frames?}``
+  -> PNG (``Accept: application/json`` -> JSON with the PNG in base64, plus the points of point-cloud
+  models): the generated image of image models, a scatter of the samples of point-cloud models;
+  video models answer a looping animated WebP (JSON: the WebP, and each frame as PNG with ``frames``).
+  Image and video models need a prompt, editing models a source image too. The preference actually used is in the ``X-Preference`` header / ``preference`` field.
   Concurrent requests are generated together with ``@serve.batch``.
 - ``GET /v1/objectives``: the objectives in ``w`` order, what they mean, and what the model takes.
 - ``GET /healthz``; ``GET /``: the slider page.
@@ -44,6 +45,7 @@ from ray import serve
 from infra.config import Config, ServeConfig
 from infra.ray_init import start_ray
 from pipelines.slider_model import GenerationSpec, InvalidRequest, SliderModel
+from pipelines.slider_render import frames_png, video_webp
 
 APP_NAME = "slider"
 PAGE = Path(__file__).with_name("slider_page.html")
@@ -70,6 +72,8 @@ class GenerateRequest(BaseModel):
     source_image: str | None = None
     """Editing models (required there): the source image, base64 PNG or JPEG (``data:`` URLs are
     fine), resized to the model's size."""
+    frames: bool = False
+    """Video models, JSON answers: also give every frame as a base64 PNG (``frames_png_base64``)."""
 
 
 class GenerateResponse(BaseModel):
@@ -82,13 +86,24 @@ class GenerateResponse(BaseModel):
     height: int
     output_kind: str
     image_png_base64: str
+    """The picture: scatter (point clouds), image, or first frame of a video."""
     points: list[list[float]] | None = None
     """Point-cloud models: the generated samples."""
+    video_webp_base64: str | None = None
+    """Video models: the video as a looping, lossless animated WebP at ``frame_rate``."""
+    frame_rate: float | None = None
+    """Video models: frames per second."""
+    frames_png_base64: list[str] | None = None
+    """Video models, when the request sets ``frames``: every frame as a PNG."""
 
 
 def token_digest(token: str) -> str:
     """What the replicas keep of the bearer token (the token itself never leaves the driver)."""
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
 
 
 def _error(status: int, field: str | None, message: str) -> JSONResponse:
@@ -150,11 +165,13 @@ class SliderServer:
                           "max_size": self.limits.max_size, "max_prompt_chars": self.limits.max_prompt_chars}}
 
     @api.post("/v1/generate", response_model=GenerateResponse, openapi_extra=GENERATE_BODY,
-              responses={200: {"content": {"image/png": {}}, "description": "PNG, or JSON when asked"},
+              responses={200: {"content": {"image/png": {}, "image/webp": {}},
+                               "description": "PNG (video models: animated WebP), or JSON when asked"},
                          401: {"description": "missing or wrong bearer token"},
                          413: {"description": "body too large"}, 422: {"description": "a field is invalid"}})
     async def generate(self, request: Request) -> Response:
-        """Generate at the requested preference; PNG unless ``Accept: application/json``."""
+        """Generate at the requested preference: PNG (video models: animated WebP), or JSON with
+        ``Accept: application/json``."""
         if (denied := self._authorize(request)) is not None:
             return denied
         body = await self.read_body(request)
@@ -162,14 +179,21 @@ class SliderServer:
             return body
         spec, width, height = self.check(body)
         output = await self._generate_batch(spec)
+        kind, fps = self.model.io.output_kind, self.model.cfg.model.diffusers.frame_rate
         png = await asyncio.to_thread(self.model.to_png, output, spec.preference, width, height)
+        webp = await asyncio.to_thread(video_webp, output[0], width, height, fps) if kind == "video" else None
         used = dict(zip(self.model.objective_labels, spec.preference))
         if "application/json" in request.headers.get("accept", ""):
-            points = output.tolist() if self.model.io.output_kind == "points" else None
+            video = {} if webp is None else {"video_webp_base64": _b64(webp), "frame_rate": fps}
+            if body.frames:
+                frames = await asyncio.to_thread(frames_png, output[0], width, height)
+                video["frames_png_base64"] = [_b64(f) for f in frames]
             return JSONResponse(GenerateResponse(
-                preference=used, seed=spec.seed, steps=spec.steps, width=width, height=height,
-                output_kind=self.model.io.output_kind, image_png_base64=base64.b64encode(png).decode(),
-                points=points).model_dump())
+                preference=used, seed=spec.seed, steps=spec.steps, width=width, height=height, output_kind=kind,
+                image_png_base64=_b64(png), points=output.tolist() if kind == "points" else None,
+                **video).model_dump())
+        if webp is not None:
+            return Response(webp, media_type="image/webp", headers={"X-Preference": json.dumps(used)})
         return Response(png, media_type="image/png", headers={"X-Preference": json.dumps(used)})
 
     # ---- checks and batching --------------------------------------------------------------------
@@ -215,6 +239,8 @@ class SliderServer:
             if value > lim.max_size:
                 raise InvalidRequest(field, f"is {value}; the limit is {lim.max_size}")
             size[field] = value
+        if body.frames and m.io.output_kind != "video":
+            raise InvalidRequest("frames", f"this {m.cfg.model.kind} model makes {m.io.output_kind}, not videos")
         source = m.check_inputs(body.prompt, body.source_image, lim.max_size)
         samples = lim.points_per_request if m.io.output_kind == "points" else 1
         spec = GenerationSpec(preference, body.seed, steps, samples, body.prompt, source)

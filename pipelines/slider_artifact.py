@@ -44,7 +44,7 @@ READS_FORMATS = (1, 2)
 BASE_DIR = "base"
 TRAINABLE = "trainable.pt"
 
-OutputKind = Literal["points", "image"]
+OutputKind = Literal["points", "image", "video"]
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,8 @@ class ModelIO:
     """What a backbone family takes and gives at inference (drives the request checks and the page)."""
 
     output_kind: OutputKind
-    """``points``: a ``[N, 2]`` sample cloud, shown as a scatter; ``image``: ``[H, W, 3]`` uint8."""
+    """``points``: a ``[N, 2]`` sample cloud, shown as a scatter; ``image``: ``[H, W, 3]`` uint8;
+    ``video``: ``[F, H, W, 3]`` uint8 frames, answered as an animated WebP."""
     uses_prompt: bool
     """Every request needs a non-empty prompt (models without one ignore it)."""
     uses_source_image: bool
@@ -63,9 +64,10 @@ MODEL_IO: dict[str, ModelIO] = {
     "toy2d": ModelIO("points", uses_prompt=False, uses_source_image=False),
     "sd3": ModelIO("image", uses_prompt=True, uses_source_image=False),
     "flux_kontext": ModelIO("image", uses_prompt=True, uses_source_image=True),
+    "ltx2": ModelIO("video", uses_prompt=True, uses_source_image=False),
 }
 """Inference contract per ``model.kind``: what the requests must bring and what ``generate`` returns
-(the backbone's ``decode`` gives the pixels; a video kind adds its entry and its frames' encoding)."""
+(the backbone's ``decode`` gives the pixels)."""
 
 
 def model_io(kind: str) -> ModelIO:

@@ -20,12 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from infra.config import Config
-from pipelines.plots import preference_colours, target_points
+from pipelines.plots import target_points
 from pipelines.slider_artifact import (Objective, RunWeights, is_hub_id, local_base, model_io, objectives_of,
                                        read_manifest, read_trainable, resolve_base)
+from pipelines.slider_render import png, scatter
 from policies.batch import GroupSpec
 from policies.policy import build_policy
 from policies.rollout import rollout_groups
@@ -138,7 +139,7 @@ class SliderModel:
     def native_size(self) -> tuple[int, int] | None:
         """``(width, height)`` the image models generate at (None for point clouds)."""
         d = self.cfg.model.diffusers
-        return (d.width, d.height) if self.io.output_kind == "image" else None
+        return None if self.io.output_kind == "points" else (d.width, d.height)
 
     def check_inputs(self, prompt: str, source_image: str | None, max_side: int | None = None) -> np.ndarray | None:
         """A request's prompt and base64 source image against what the model takes.
@@ -168,7 +169,7 @@ class SliderModel:
     @torch.no_grad()
     def generate(self, specs: list[GenerationSpec]) -> list[np.ndarray]:
         """One output per spec, in order: ``[num_samples, *sample_shape]`` float32 samples (point
-        clouds) or ``[num_samples, H, W, 3]`` uint8 images.
+        clouds), ``[num_samples, H, W, 3]`` uint8 images or ``[num_samples, F, H, W, 3]`` uint8 videos.
 
         Specs with the same ``(steps, num_samples)`` run as one batch through the rollout path
         (encode prompt and source image, sample, decode); each spec's noise comes from its own seed,
@@ -193,35 +194,10 @@ class SliderModel:
         return out
 
     def to_png(self, output: np.ndarray, preference: tuple[float, ...], width: int, height: int) -> bytes:
-        """PNG of one output: a scatter for point clouds (targets starred), else its first image."""
-        if self.io.output_kind == "image":
-            image = Image.fromarray(np.asarray(output[0], dtype=np.uint8)).resize((width, height))
-        else:
-            image = self._scatter(output, preference, width, height)
-        buf = io.BytesIO()
-        image.save(buf, format="PNG")
-        return buf.getvalue()
-
-    def _scatter(self, points: np.ndarray, preference: tuple[float, ...], width: int, height: int) -> Image.Image:
-        lim = 1.3 * self.cfg.pretrain.data.radius
-        image = Image.new("RGB", (width, height), "white")
-        draw = ImageDraw.Draw(image)
-
-        def px(x: float, y: float) -> tuple[float, float]:
-            return (x + lim) / (2 * lim) * (width - 1), (lim - y) / (2 * lim) * (height - 1)
-
-        draw.line([px(-lim, 0), px(lim, 0)], fill=(220, 220, 220))
-        draw.line([px(0, -lim), px(0, lim)], fill=(220, 220, 220))
-        # Darkened: the two-objective colour map is pale grey in the middle of the slider.
-        colour = tuple(int(190 * c) for c in preference_colours(np.asarray([preference]))[0])
-        r = max(1.0, min(width, height) / 160)
-        for x, y in points:
-            cx, cy = px(float(x), float(y))
-            draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=colour)
-        for name, (tx, ty) in target_points(self.cfg):
-            cx, cy = px(tx, ty)
-            draw.regular_polygon((cx, cy, 3 * r + 3), 5, fill="black")
-            left = cx > 0.7 * width  # keep labels near the right edge inside the picture
-            x = cx - 3 * r - 5 - draw.textlength(name) if left else cx + 3 * r + 5
-            draw.text((x, cy - 3 * r - 8), name, fill="black")
-        return image
+        """PNG of one output: a scatter for point clouds (targets starred), else its first image (the
+        first frame of a video)."""
+        if self.io.output_kind == "points":
+            radius = 1.3 * self.cfg.pretrain.data.radius
+            return png(scatter(output, preference, target_points(self.cfg), radius, width, height))
+        first = output[0] if self.io.output_kind == "image" else output[0, 0]
+        return png(Image.fromarray(np.asarray(first, dtype=np.uint8)).resize((width, height)))

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import requests
 from mlflow import MlflowClient
 
 from conftest import TINY_MODEL
+from endpoint import free_port
 from image_slider_run import no_model_in_the_driver, write_run_dir
 from infra.config import Config
 from pipelines.slider_model import GenerationSpec, SliderModel
@@ -83,11 +83,8 @@ def test_replicas_on_other_nodes_serve_the_registered_model_with_no_driver_files
     second = ray_multinode.add_node(num_cpus=2, resources={"slider_node": 1})
     ray_multinode.wait_for_nodes()
     ray.init(address=ray_multinode.address)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     serve_cfg = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={
-        "port": port, "num_cpus": 0.5, "points_per_request": POINTS, "resources": {"slider_node": 0.5}})})
+        "port": free_port(), "num_cpus": 0.5, "points_per_request": POINTS, "resources": {"slider_node": 0.5}})})
     with monkeypatch.context() as patch:
         no_model_in_the_driver(patch)
         endpoint = deploy_slider(serve_cfg, f"models:/{NAME}/1")

@@ -128,3 +128,16 @@ def test_register_and_serve_read_no_model_in_the_driver(tiny_pipeline, tmp_path,
     with tarfile.open(fileobj=io.BytesIO(packed)) as tar:
         names = set(tar.getnames())
     assert {"slider/slider.json", "slider/trainable.pt", "slider/config.yaml", "slider/base/model_index.json"} <= names
+
+
+def test_every_model_kind_has_an_inference_contract():
+    """Training registers every run (video included): each ``model.kind`` must be servable."""
+    from typing import get_args
+
+    from infra.config import ModelConfig
+    from pipelines.slider_artifact import MODEL_IO, model_io
+
+    assert set(MODEL_IO) == set(get_args(ModelConfig.model_fields["kind"].annotation))
+    assert model_io("ltx2").output_kind == "video"
+    with pytest.raises(ValueError, match=r"model.kind 'gan' has no inference contract yet; known: \['flux_kontext'"):
+        model_io("gan")
