@@ -150,6 +150,7 @@ BAD = [
      "not a base64 PNG or JPEG"),
     ({"preference": [1, 0], "source_image": png_base64(600)}, "source_image", "the limit is 512 pixels"),
     ({"preference": [1, 0], "source_image": png_base64(8)}, "source_image", "takes no source image"),
+    ({"preference": [1, 0], "frames": True}, "frames", "this toy2d model makes points, not videos"),
     ({"preference": [1, 0], "temperature": 2}, "temperature", "Extra inputs"),
     ("{not json", None, "Invalid JSON"),
 ]

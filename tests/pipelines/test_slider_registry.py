@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -106,6 +107,25 @@ def test_a_changed_base_is_refused(cfg, tmp_path):
     with bundled.open("ab") as f:
         f.write(b"\0")
     with pytest.raises(ValueError, match="changed since the model was exported"):
+        SliderModel.from_model_dir(exported)
+
+
+def test_a_format_1_model_directory_still_loads(cfg, model, tmp_path):
+    """Models registered before bases travelled: the manifest named the base by absolute path."""
+    exported = export(cfg, tmp_path / "slider")
+    manifest = json.loads((exported / "slider.json").read_text())
+    bundled = exported / manifest.pop("base")["path"]
+    bundled.unlink()
+    base = Path(cfg.pretrain.checkpoint)
+    manifest.update(format=1, base_checkpoint=str(base), base_kind="file",
+                    base_sha256=hashlib.sha256(base.read_bytes()).hexdigest())
+    (exported / "slider.json").write_text(json.dumps(manifest))
+    old = SliderModel.from_model_dir(exported)
+    assert Path(old.base) == base
+    np.testing.assert_array_equal(old.generate(SPECS[:1])[0], model.generate(SPECS[:1])[0])
+    manifest["format"] = 3
+    (exported / "slider.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=r"format 3, this code reads formats \[1, 2\]"):
         SliderModel.from_model_dir(exported)
 
 
