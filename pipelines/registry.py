@@ -26,7 +26,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PythonModel
 
 from pipelines.slider_artifact import MANIFEST, RunWeights, write_model_dir
-from pipelines.slider_model import GenerationSpec, SliderModel
+from pipelines.slider_model import SliderModel
+from pipelines.slider_requests import GenerationSpec
 
 MODEL_ARTIFACT = "slider_model"
 """Artifact path of the pyfunc model inside the training run."""

@@ -44,8 +44,9 @@ from ray import serve
 
 from infra.config import Config, ServeConfig
 from infra.ray_init import start_ray
-from pipelines.slider_model import GenerationSpec, InvalidRequest, SliderModel
+from pipelines.slider_model import SliderModel
 from pipelines.slider_render import frames_png, video_webp
+from pipelines.slider_requests import GenerationSpec, InvalidRequest
 
 APP_NAME = "slider"
 PAGE = Path(__file__).with_name("slider_page.html")

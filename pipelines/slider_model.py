@@ -11,10 +11,6 @@ the Ray Serve endpoint and the benchmark — and loads from either of two places
 
 from __future__ import annotations
 
-import base64
-import binascii
-import io
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,50 +23,10 @@ from pipelines.plots import target_points
 from pipelines.slider_artifact import (Objective, RunWeights, is_hub_id, local_base, model_io, objectives_of,
                                        read_manifest, read_trainable, resolve_base)
 from pipelines.slider_render import png, scatter
+from pipelines.slider_requests import GenerationSpec, check_inputs, preference_on_simplex, require_inputs
 from policies.batch import GroupSpec
 from policies.policy import build_policy
 from policies.rollout import rollout_groups
-
-
-@dataclass(frozen=True)
-class GenerationSpec:
-    """One checked request: the trade-off ``preference`` (on the simplex) and the sampling knobs."""
-
-    preference: tuple[float, ...]
-    seed: int
-    steps: int
-    num_samples: int = 1
-    prompt: str = ""
-    source_image: np.ndarray | None = field(default=None, compare=False, repr=False)
-    """Editing models: ``[H, W, 3]`` float32 in [0, 1] at the model's size (see ``check_inputs``)."""
-
-
-class InvalidRequest(ValueError):
-    """A request value that cannot be served; ``field`` names it (HTTP answers 422 with both)."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field, self.message = field, message
-
-
-def decode_image(data: str, max_side: int) -> Image.Image:
-    """An RGB image from base64 PNG or JPEG (optionally a ``data:`` URL); ``InvalidRequest`` naming
-    ``source_image`` if it is not one or is over ``max_side`` pixels a side."""
-    from PIL import UnidentifiedImageError
-
-    payload = data.split(",", 1)[1] if data.startswith("data:") else data
-    try:
-        raw = base64.b64decode(payload, validate=True)
-        image = Image.open(io.BytesIO(raw))
-        if max(image.size) > max_side:
-            raise InvalidRequest("source_image", f"is {image.size[0]}x{image.size[1]}; the limit is "
-                                 f"{max_side} pixels a side")
-        image.load()
-    except (binascii.Error, UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as err:
-        if isinstance(err, InvalidRequest):
-            raise
-        raise InvalidRequest("source_image", f"is not a base64 PNG or JPEG image ({err or type(err).__name__})") from None
-    return image.convert("RGB")
 
 
 class SliderModel:
@@ -114,26 +70,8 @@ class SliderModel:
         return self.cfg.rollout.sampler.num_steps
 
     def check_preference(self, value: list[float] | dict[str, float]) -> tuple[float, ...]:
-        """``w`` as a list in objective order or ``{label: weight}`` (missing labels weigh 0),
-        checked and scaled onto the simplex."""
-        labels = self.objective_labels
-        if isinstance(value, dict):
-            unknown = sorted(set(value) - set(labels))
-            if unknown:
-                raise InvalidRequest("preference", f"unknown objective(s) {unknown}; objectives are {labels}")
-            value = [value.get(label, 0.0) for label in labels]
-        try:
-            w = np.asarray(value, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise InvalidRequest("preference", f"must be {len(labels)} numbers, got {value!r}") from None
-        if w.shape != (len(labels),):
-            raise InvalidRequest("preference", f"needs {len(labels)} weights, one per objective {labels}; "
-                                 f"got {w.size}")
-        if not np.isfinite(w).all() or (w < 0).any():
-            raise InvalidRequest("preference", f"weights must be finite and >= 0, got {w.tolist()}")
-        if w.sum() <= 0:
-            raise InvalidRequest("preference", "at least one weight must be > 0")
-        return tuple(float(x) for x in w / w.sum())
+        """``w`` as a list in objective order or ``{label: weight}``, checked and put on the simplex."""
+        return preference_on_simplex(value, self.objective_labels)
 
     @property
     def native_size(self) -> tuple[int, int] | None:
@@ -142,29 +80,10 @@ class SliderModel:
         return None if self.io.output_kind == "points" else (d.width, d.height)
 
     def check_inputs(self, prompt: str, source_image: str | None, max_side: int | None = None) -> np.ndarray | None:
-        """A request's prompt and base64 source image against what the model takes.
-
-        Returns the source image as ``[H, W, 3]`` float32 in [0, 1], converted to RGB and resized
-        (stretched) to ``model.diffusers`` height x width, or None without one. ``InvalidRequest``
-        names the field: an undecodable image or one over ``max_side`` (default ``serve.max_size``),
-        a source image for a model that edits none, a missing prompt or source image.
-        """
-        source = None
-        if source_image is not None:
-            image = decode_image(source_image, max_side or self.cfg.serve.max_size)
-            if not self.io.uses_source_image:
-                raise InvalidRequest("source_image", f"this {self.cfg.model.kind} model takes no source image")
-            source = np.asarray(image.resize(self.native_size, Image.Resampling.BICUBIC), dtype=np.float32) / 255
-        self._require(prompt, source is not None)
-        return source
-
-    def _require(self, prompt: str, has_source: bool) -> None:
-        kind = self.cfg.model.kind
-        if self.io.uses_prompt and not prompt.strip():
-            raise InvalidRequest("prompt", f"is required: this {kind} model generates from a text prompt")
-        if self.io.uses_source_image and not has_source:
-            raise InvalidRequest("source_image", f"is required: this {kind} model edits a source image "
-                                 "(base64 PNG or JPEG)")
+        """A request's prompt and base64 source image against what the model takes (see
+        ``pipelines.slider_requests.check_inputs``); ``max_side`` defaults to ``serve.max_size``."""
+        return check_inputs(self.cfg.model.kind, self.io, self.native_size, prompt, source_image,
+                            max_side or self.cfg.serve.max_size)
 
     @torch.no_grad()
     def generate(self, specs: list[GenerationSpec]) -> list[np.ndarray]:
@@ -177,7 +96,7 @@ class SliderModel:
         kernels: images may differ by one level in a few pixels).
         """
         for s in specs:
-            self._require(s.prompt, s.source_image is not None)
+            require_inputs(self.cfg.model.kind, self.io, s.prompt, s.source_image is not None)
         sampler = self.cfg.rollout.sampler.model_copy(update={"kind": "ode"})
         out: list[np.ndarray | None] = [None] * len(specs)
         by_shape: dict[tuple[int, int], list[int]] = {}

@@ -21,7 +21,8 @@ from PIL import Image
 from ray import serve
 
 from pipelines.serve import deploy_slider
-from pipelines.slider_model import GenerationSpec, SliderModel
+from pipelines.slider_model import SliderModel
+from pipelines.slider_requests import GenerationSpec
 from browser import browser  # noqa: F401 - fixture
 from endpoint import assert_422_names, free_port
 from slider_run import MODEL_NAME, cfg, model, target  # noqa: F401 - cfg, model: fixtures

@@ -18,7 +18,8 @@ from browser import browser  # noqa: F401 - fixture
 from endpoint import assert_422_names, free_port
 from image_slider_run import PROMPT, source_png, write_image_run
 from pipelines.serve import deploy_slider
-from pipelines.slider_model import GenerationSpec, SliderModel
+from pipelines.slider_model import SliderModel
+from pipelines.slider_requests import GenerationSpec
 
 PROMPT_EDIT = PROMPT["flux_kontext"]
 JSON = {"Accept": "application/json"}

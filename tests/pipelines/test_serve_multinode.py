@@ -19,7 +19,8 @@ from conftest import TINY_MODEL
 from endpoint import free_port
 from image_slider_run import no_model_in_the_driver, write_run_dir
 from infra.config import Config
-from pipelines.slider_model import GenerationSpec, SliderModel
+from pipelines.slider_model import SliderModel
+from pipelines.slider_requests import GenerationSpec
 
 pytestmark = pytest.mark.slow
 NAME = "toy2d-portable"

@@ -19,7 +19,8 @@ from browser import browser  # noqa: F401 - fixture
 from endpoint import assert_422_names, free_port
 from image_slider_run import PROMPT, write_image_run
 from pipelines.serve import deploy_slider
-from pipelines.slider_model import GenerationSpec, SliderModel
+from pipelines.slider_model import SliderModel
+from pipelines.slider_requests import GenerationSpec
 
 PROMPT_VIDEO = PROMPT["ltx2"]
 JSON = {"Accept": "application/json"}

@@ -16,7 +16,8 @@ import pytest
 from image_slider_run import PROMPT, no_model_in_the_driver, write_image_run
 from infra.config import dump_config
 from pipelines.slider_artifact import RunWeights, write_model_dir
-from pipelines.slider_model import GenerationSpec, SliderModel
+from pipelines.slider_model import SliderModel
+from pipelines.slider_requests import GenerationSpec
 
 REPO = "tiny-org/tiny-sd3"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

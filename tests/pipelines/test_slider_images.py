@@ -16,7 +16,8 @@ from image_slider_run import PROMPT, STEP, source_png, write_image_run
 from infra.config import dump_config
 from pipelines.registry import load_slider
 from pipelines.slider_artifact import RunWeights, write_model_dir
-from pipelines.slider_model import GenerationSpec, InvalidRequest, SliderModel
+from pipelines.slider_model import SliderModel
+from pipelines.slider_requests import GenerationSpec, InvalidRequest
 
 KINDS = ["sd3", "flux_kontext"]
 

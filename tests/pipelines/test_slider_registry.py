@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 
 from pipelines.registry import load_slider
 from pipelines.slider_artifact import RunWeights, write_model_dir
-from pipelines.slider_model import GenerationSpec, InvalidRequest, SliderModel
+from pipelines.slider_model import SliderModel
+from pipelines.slider_requests import GenerationSpec, InvalidRequest
 from slider_run import MODEL_NAME, cfg, model, target  # noqa: F401 - cfg, model: fixtures
 
 
