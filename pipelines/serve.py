@@ -304,6 +304,10 @@ def model_source(source: "str | Path", tracking_uri: "str | None") -> "tuple[Mod
     from pipelines.slider_artifact import RunWeights, read_manifest, write_model_dir
 
     if is_uri(source):
+        from infra.tracking import resolve_tracking_uri
+
+        # Resolved here, once: a replica's own environment or working directory must not change it.
+        tracking_uri = resolve_tracking_uri(tracking_uri)
         uri = artifact_uri(str(source), tracking_uri)
         with tempfile.TemporaryDirectory() as tmp:
             read_manifest(download_model_dir(uri, tracking_uri, tmp, manifest_only=True))

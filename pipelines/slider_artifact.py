@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -105,8 +106,6 @@ def objectives_of(cfg: Config) -> list[Objective]:
 def is_hub_id(cfg: Config) -> bool:
     """``model.diffusers.pretrained`` names a hub repository: it is set and no local path has that name
     (a missing local path is not taken for an id unless it is exactly ``namespace/name``)."""
-    import re
-
     location = base_location(cfg)
     return (isinstance(location, str) and not Path(location).exists()
             and re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", location) is not None)
@@ -242,7 +241,10 @@ def write_model_dir(run: RunWeights, run_dir: Path, out_dir: str | Path) -> dict
         src = local_base(cfg, run_dir / "config.yaml")
         dst = out / BASE_DIR / src.name if src.is_file() else out / BASE_DIR
         dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src, dst) if src.is_file() else shutil.copytree(src, dst)
+        if src.is_file():
+            shutil.copy2(src, dst)
+        else:
+            shutil.copytree(src, dst)
         base = {"kind": "bundled", "path": dst.relative_to(out).as_posix(), "sha256": content_sha256(dst)}
     buf = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in run.ema.items()}, buf)

@@ -142,3 +142,19 @@ def test_every_model_kind_has_an_inference_contract():
     assert model_io("ltx2").output_kind == "video"
     with pytest.raises(ValueError, match=r"model.kind 'gan' has no inference contract yet; known: \['flux_kontext'"):
         model_io("gan")
+
+
+def test_a_missing_local_base_is_not_taken_for_a_hub_id(hub_run, tmp_path):
+    cfg, base = hub_run
+    from pipelines.slider_artifact import is_hub_id, local_base
+
+    def pretrained(value: str):
+        return cfg.model_copy(update={"model": cfg.model.model_copy(update={
+            "diffusers": cfg.model.diffusers.model_copy(update={"pretrained": value})})})
+
+    assert is_hub_id(pretrained(REPO)) and not is_hub_id(pretrained(str(base)))
+    missing = pretrained(str(tmp_path / "missing" / "base"))
+    assert not is_hub_id(missing)
+    with pytest.raises(FileNotFoundError, match=r"\(model.diffusers.pretrained of .*config.yaml\) is not a diffusers "
+                                                r"directory \(no model_index.json\) nor a hub id"):
+        local_base(missing, tmp_path / "config.yaml")
