@@ -64,6 +64,9 @@ class DiffusersConfig(Strict):
     pretrained: str | None = None
     """Local diffusers directory or hub id of the base pipeline; None = ``pretrain.checkpoint``
     (the in-repo tiny base that ``paretoslider pretrain`` makes)."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) of a hub-id ``pretrained``; None = ``main``. A registered
+    model pins the commit it resolved to on the registering host (ignored for local directories)."""
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
     """Weights dtype of the frozen base (LoRA and preference modules follow it)."""
     gradient_checkpointing: bool = False
@@ -536,7 +539,10 @@ class ServeConfig(Strict):
     num_cpus: float = Field(0.5, ge=0)
     """CPUs reserved per model replica."""
     num_gpus: float = Field(0.0, ge=0)
-    """GPUs per slider replica."""
+    """GPUs reserved per model replica."""
+    resources: dict[str, float] = Field(default_factory=dict)
+    """Custom Ray resources per replica, e.g. ``{"slider_node": 1}`` to place replicas on the nodes
+    that advertise it; replicas fetch the model themselves, so any node works."""
     max_batch_size: int = Field(16, ge=1)
     """``@serve.batch``: requests generated together (1 = unbatched)."""
     batch_wait_timeout_s: float = Field(0.01, ge=0)

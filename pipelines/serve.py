@@ -2,10 +2,11 @@
 
 Routes (FastAPI ingress; OpenAPI schema at ``/openapi.json``, docs at ``/docs`` and ``/redoc``):
 
-- ``POST /v1/generate`` ``{prompt, preference, seed, steps, width, height, source_image?}`` -> PNG
-  (``Accept: application/json`` -> JSON with the PNG in base64, plus the points of point-cloud
-  models): the generated image of image models, a scatter of the samples of point-cloud models.
-  Image models need a prompt, editing models a source image too. The preference actually used is in the ``X-Preference`` header / ``preference`` field.
+- ``POST /v1/generate`` ``{prompt, preference, seed, steps, width, height, source_image?, frames?}``
+  -> PNG (``Accept: application/json`` -> JSON with the PNG in base64, plus the points of point-cloud
+  models): the generated image of image models, a scatter of the samples of point-cloud models;
+  video models answer a looping animated WebP (JSON: the WebP, and each frame as PNG with ``frames``).
+  Image and video models need a prompt, editing models a source image too. The preference actually used is in the ``X-Preference`` header / ``preference`` field.
   Concurrent requests are generated together with ``@serve.batch``.
 - ``GET /v1/objectives``: the objectives in ``w`` order, what they mean, and what the model takes.
 - ``GET /healthz``; ``GET /``: the slider page.
@@ -27,8 +28,9 @@ import base64
 import hashlib
 import hmac
 import json
+import io
 import os
-import shutil
+import tarfile
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,7 +44,9 @@ from ray import serve
 
 from infra.config import Config, ServeConfig
 from infra.ray_init import start_ray
-from pipelines.slider_model import GenerationSpec, InvalidRequest, SliderModel
+from pipelines.slider_model import SliderModel
+from pipelines.slider_render import frames_png, video_webp
+from pipelines.slider_requests import GenerationSpec, InvalidRequest
 
 APP_NAME = "slider"
 PAGE = Path(__file__).with_name("slider_page.html")
@@ -69,6 +73,8 @@ class GenerateRequest(BaseModel):
     source_image: str | None = None
     """Editing models (required there): the source image, base64 PNG or JPEG (``data:`` URLs are
     fine), resized to the model's size."""
+    frames: bool = False
+    """Video models, JSON answers: also give every frame as a base64 PNG (``frames_png_base64``)."""
 
 
 class GenerateResponse(BaseModel):
@@ -81,13 +87,24 @@ class GenerateResponse(BaseModel):
     height: int
     output_kind: str
     image_png_base64: str
+    """The picture: scatter (point clouds), image, or first frame of a video."""
     points: list[list[float]] | None = None
     """Point-cloud models: the generated samples."""
+    video_webp_base64: str | None = None
+    """Video models: the video as a looping, lossless animated WebP at ``frame_rate``."""
+    frame_rate: float | None = None
+    """Video models: frames per second."""
+    frames_png_base64: list[str] | None = None
+    """Video models, when the request sets ``frames``: every frame as a PNG."""
 
 
 def token_digest(token: str) -> str:
     """What the replicas keep of the bearer token (the token itself never leaves the driver)."""
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
 
 
 def _error(status: int, field: str | None, message: str) -> JSONResponse:
@@ -115,8 +132,10 @@ async def _invalid_request(request: Request, err: InvalidRequest) -> JSONRespons
 class SliderServer:
     """One replica: the model, its request checks, and batched generation."""
 
-    def __init__(self, model_dir: str, limits: dict[str, Any], token_sha256: str | None):
-        self.model = SliderModel.from_model_dir(model_dir)
+    def __init__(self, source: "ModelSource", limits: dict[str, Any], token_sha256: str | None):
+        # The model directory lives as long as the replica, on the replica's own node.
+        self._model_dir = tempfile.TemporaryDirectory(prefix="paretoslider-replica-")
+        self.model = SliderModel.from_model_dir(source.fetch(Path(self._model_dir.name)))
         self.limits = ServeConfig.model_validate(limits)
         self.token_sha256 = token_sha256
         self._generate_batch.set_max_batch_size(self.limits.max_batch_size)
@@ -147,11 +166,13 @@ class SliderServer:
                           "max_size": self.limits.max_size, "max_prompt_chars": self.limits.max_prompt_chars}}
 
     @api.post("/v1/generate", response_model=GenerateResponse, openapi_extra=GENERATE_BODY,
-              responses={200: {"content": {"image/png": {}}, "description": "PNG, or JSON when asked"},
+              responses={200: {"content": {"image/png": {}, "image/webp": {}},
+                               "description": "PNG (video models: animated WebP), or JSON when asked"},
                          401: {"description": "missing or wrong bearer token"},
                          413: {"description": "body too large"}, 422: {"description": "a field is invalid"}})
     async def generate(self, request: Request) -> Response:
-        """Generate at the requested preference; PNG unless ``Accept: application/json``."""
+        """Generate at the requested preference: PNG (video models: animated WebP), or JSON with
+        ``Accept: application/json``."""
         if (denied := self._authorize(request)) is not None:
             return denied
         body = await self.read_body(request)
@@ -159,14 +180,21 @@ class SliderServer:
             return body
         spec, width, height = self.check(body)
         output = await self._generate_batch(spec)
+        kind, fps = self.model.io.output_kind, self.model.cfg.model.diffusers.frame_rate
         png = await asyncio.to_thread(self.model.to_png, output, spec.preference, width, height)
+        webp = await asyncio.to_thread(video_webp, output[0], width, height, fps) if kind == "video" else None
         used = dict(zip(self.model.objective_labels, spec.preference))
         if "application/json" in request.headers.get("accept", ""):
-            points = output.tolist() if self.model.io.output_kind == "points" else None
+            video = {} if webp is None else {"video_webp_base64": _b64(webp), "frame_rate": fps}
+            if body.frames:
+                frames = await asyncio.to_thread(frames_png, output[0], width, height)
+                video["frames_png_base64"] = [_b64(f) for f in frames]
             return JSONResponse(GenerateResponse(
-                preference=used, seed=spec.seed, steps=spec.steps, width=width, height=height,
-                output_kind=self.model.io.output_kind, image_png_base64=base64.b64encode(png).decode(),
-                points=points).model_dump())
+                preference=used, seed=spec.seed, steps=spec.steps, width=width, height=height, output_kind=kind,
+                image_png_base64=_b64(png), points=output.tolist() if kind == "points" else None,
+                **video).model_dump())
+        if webp is not None:
+            return Response(webp, media_type="image/webp", headers={"X-Preference": json.dumps(used)})
         return Response(png, media_type="image/png", headers={"X-Preference": json.dumps(used)})
 
     # ---- checks and batching --------------------------------------------------------------------
@@ -212,6 +240,8 @@ class SliderServer:
             if value > lim.max_size:
                 raise InvalidRequest(field, f"is {value}; the limit is {lim.max_size}")
             size[field] = value
+        if body.frames and m.io.output_kind != "video":
+            raise InvalidRequest("frames", f"this {m.cfg.model.kind} model makes {m.io.output_kind}, not videos")
         source = m.check_inputs(body.prompt, body.source_image, lim.max_size)
         samples = lim.points_per_request if m.io.output_kind == "points" else 1
         spec = GenerationSpec(preference, body.seed, steps, samples, body.prompt, source)
@@ -241,24 +271,81 @@ def start_serve_http(host: str, port: int) -> None:
             "endpoint before other Serve apps (e.g. a training job's reward servers), or set serve.port to it")
 
 
+@dataclass(frozen=True)
+class ModelSource:
+    """Where each replica fetches the model directory from, on its own node: an MLflow artifact URI
+    (registered and logged models; each replica downloads it), or, for a local source, a tar of the
+    directory in Ray's object store (alive while the driver that deployed it is)."""
+
+    uri: str | None = None
+    tracking_uri: str | None = None
+    packed: Any = None
+    """``ray.ObjectRef`` of the tar's bytes (local sources)."""
+
+    def fetch(self, dst: Path) -> Path:
+        import ray
+
+        from pipelines.registry import download_model_dir
+
+        if self.uri is not None:
+            return download_model_dir(self.uri, self.tracking_uri, dst)
+        with tarfile.open(fileobj=io.BytesIO(ray.get(self.packed))) as tar:
+            tar.extractall(dst, filter="data")
+        return dst / MODEL_DIR
+
+
+MODEL_DIR = "slider"
+
+
+def model_source(source: "str | Path", tracking_uri: "str | None") -> "tuple[ModelSource, bytes | None]":
+    """Check a source without loading its model (its manifest and, for a run directory, its files) and
+    say how replicas get it; local sources also give the tar the driver puts in the object store."""
+    from pipelines.registry import artifact_uri, download_model_dir, is_uri, local_model_dir
+    from pipelines.slider_artifact import RunWeights, read_manifest, write_model_dir
+
+    if is_uri(source):
+        from infra.tracking import resolve_tracking_uri
+
+        # Resolved here, once: a replica's own environment or working directory must not change it.
+        tracking_uri = resolve_tracking_uri(tracking_uri)
+        uri = artifact_uri(str(source), tracking_uri)
+        with tempfile.TemporaryDirectory() as tmp:
+            read_manifest(download_model_dir(uri, tracking_uri, tmp, manifest_only=True))
+        return ModelSource(uri=uri, tracking_uri=tracking_uri), None
+    path = Path(source)
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = local_model_dir(path)
+        if model_dir is None:
+            if not (path / "config.yaml").is_file():
+                raise FileNotFoundError(f"{source} is neither a models:/ or runs:/ URI, a slider model directory "
+                                        "nor a training run directory (config.yaml + checkpoints/)")
+            model_dir = Path(tmp) / MODEL_DIR
+            write_model_dir(RunWeights.read(path), path, model_dir)
+        read_manifest(model_dir)
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:  # uncompressed: weights do not compress
+            tar.add(model_dir, arcname=MODEL_DIR)
+    return ModelSource(), buf.getvalue()
+
+
 @dataclass
 class SliderEndpoint:
-    """A running slider app; ``close()`` deletes it and its exported model directory."""
+    """A running slider app; ``close()`` deletes it (and releases a local model's object)."""
 
     url: str
-    model_dir: Path
+    source: ModelSource
 
     def close(self) -> None:
         serve.delete(APP_NAME)
-        shutil.rmtree(self.model_dir.parent, ignore_errors=True)
 
 
 def deploy_slider(cfg: Config, source: "str | Path", tracking_uri: "str | None" = None) -> SliderEndpoint:
-    """Load the model in the driver (bad sources fail here), export it for the replicas, deploy.
+    """Check the source in the driver (bad sources fail here; no model is loaded), deploy the replicas,
+    each of which loads the model from the registry / artifact store (or the object store) itself.
 
     ``cfg`` gives ``serve.*`` and ``ray.*``; the model brings its own training config.
     """
-    from pipelines.registry import load_slider
+    import ray
 
     s = cfg.serve
     token = None
@@ -267,15 +354,15 @@ def deploy_slider(cfg: Config, source: "str | Path", tracking_uri: "str | None" 
         if not token:
             raise ValueError(f"serve.require_token is set but the environment variable {s.token_env} "
                              "(serve.token_env) is empty")
-    model = load_slider(source, tracking_uri or cfg.tracking.tracking_uri)
-    # Replicas may run in another working directory: they load an exported copy with absolute paths.
-    model_dir = model.export(Path(tempfile.mkdtemp(prefix="paretoslider-serve-")) / "slider")
+    model, packed = model_source(source, tracking_uri or cfg.tracking.tracking_uri)
     start_ray(cfg.ray)
+    if packed is not None:
+        model = ModelSource(packed=ray.put(packed))
     start_serve_http(s.host, s.port)
     app = SliderServer.options(
         num_replicas=s.num_replicas, max_ongoing_requests=s.max_ongoing_requests,
-        ray_actor_options={"num_cpus": s.num_cpus, "num_gpus": s.num_gpus},
-    ).bind(str(model_dir), s.model_dump(), token_digest(token) if token else None)
+        ray_actor_options={"num_cpus": s.num_cpus, "num_gpus": s.num_gpus, "resources": dict(s.resources)},
+    ).bind(model, s.model_dump(), token_digest(token) if token else None)
     serve.run(app, name=APP_NAME, route_prefix="/")
     host = "127.0.0.1" if s.host in ("0.0.0.0", "::") else s.host
-    return SliderEndpoint(f"http://{host}:{s.port}", model_dir)
+    return SliderEndpoint(f"http://{host}:{s.port}", model)

@@ -383,12 +383,7 @@ class Trainer:
             bar.close()
             result = None if cfg.simulate.enabled else self.final_sweep()
             if cfg.registry.register_on_finish and not cfg.simulate.enabled:
-                from pipelines.slider_model import MODEL_IO
-
-                if cfg.model.kind in MODEL_IO:
-                    self.register()
-                else:  # a kind without an inference contract (video: not yet)
-                    console.print(f"not registering: model.kind={cfg.model.kind!r} has no serving support yet")
+                self.register()
             self.tracker.end("FINISHED")
             return result
         except KeyboardInterrupt:

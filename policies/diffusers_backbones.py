@@ -222,19 +222,20 @@ class DiffusersBackbone(nn.Module, abc.ABC):
         """
         import diffusers
 
-        dtype = DTYPES[model_cfg.diffusers.dtype]
+        dtype, revision = DTYPES[model_cfg.diffusers.dtype], model_cfg.diffusers.revision
         transformer = getattr(diffusers, cls.transformer_class).from_pretrained(
-            str(path), subfolder="transformer", dtype=dtype)
+            str(path), subfolder="transformer", dtype=dtype, revision=revision)
         pipe = None
         if encoders:
             pipe = getattr(diffusers, cls.pipeline_class).from_pretrained(
-                str(path), transformer=transformer, dtype=dtype)
+                str(path), transformer=transformer, dtype=dtype, revision=revision)
             pipe.set_progress_bar_config(disable=True)
-        vae_config = dict(getattr(diffusers, cls.vae_class).load_config(str(path), subfolder="vae"))
+        vae_config = dict(getattr(diffusers, cls.vae_class).load_config(str(path), subfolder="vae",
+                                                                        revision=revision))
         scheduler_config = None
         if pipe is None:  # the learner: the scheduler's config alone gives its training time grid
-            scheduler_config = dict(diffusers.FlowMatchEulerDiscreteScheduler.load_config(str(path),
-                                                                                        subfolder="scheduler"))
+            scheduler_config = dict(diffusers.FlowMatchEulerDiscreteScheduler.load_config(
+                str(path), subfolder="scheduler", revision=revision))
         return cls(transformer, pipe, vae_config, num_objectives, model_cfg, scheduler_config)
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import socket
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -16,9 +15,11 @@ from PIL import Image
 from ray import serve
 
 from browser import browser  # noqa: F401 - fixture
+from endpoint import assert_422_names, free_port
 from image_slider_run import PROMPT, source_png, write_image_run
 from pipelines.serve import deploy_slider
-from pipelines.slider_model import GenerationSpec, SliderModel
+from pipelines.slider_model import SliderModel
+from pipelines.slider_requests import GenerationSpec
 
 PROMPT_EDIT = PROMPT["flux_kontext"]
 JSON = {"Accept": "application/json"}
@@ -33,11 +34,8 @@ def kontext(ray_local, tiny_pipeline, tmp_path_factory):
 @pytest.fixture(scope="module")
 def url(kontext):
     cfg, _ = kontext
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     serve_cfg = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={
-        "port": port, "max_batch_size": 4, "batch_wait_timeout_s": 0.1, "max_size": 512, "num_cpus": 0.5})})
+        "port": free_port(), "max_batch_size": 4, "batch_wait_timeout_s": 0.1, "max_size": 512, "num_cpus": 0.5})})
     serve.shutdown()  # an earlier module's Serve may run on another port
     endpoint = deploy_slider(serve_cfg, cfg.run_dir)
     yield endpoint.url
@@ -96,9 +94,7 @@ def test_png_and_json_answers_carry_the_edited_image(url, kontext):
      "the limit is 512 pixels"),
 ])
 def test_missing_or_bad_inputs_are_422_naming_the_field(url, body, field, message):
-    r = post(url, body)
-    assert r.status_code == 422, r.text
-    assert any(d["loc"] == ["body", field] and message in d["msg"] for d in r.json()["detail"]), r.text
+    assert_422_names(post(url, body), field, message)
 
 
 def test_concurrent_requests_each_get_their_own_image(url, kontext):

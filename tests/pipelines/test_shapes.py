@@ -17,7 +17,7 @@ from pipelines.pretrain_shapes import shapes_batch
 from pipelines.registry import load_slider
 from policies import shapes
 from reward_servers.shapes import ssim
-from pipelines.slider_model import GenerationSpec
+from pipelines.slider_requests import GenerationSpec
 
 
 @pytest.mark.slow

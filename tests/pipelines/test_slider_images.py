@@ -4,8 +4,10 @@ inputs, and generation that follows the preference and the seed, not the batch."
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +15,9 @@ import pytest
 from image_slider_run import PROMPT, STEP, source_png, write_image_run
 from infra.config import dump_config
 from pipelines.registry import load_slider
-from pipelines.slider_model import HUB_NOTE, BaseRef, GenerationSpec, InvalidRequest, SliderModel
+from pipelines.slider_artifact import RunWeights, write_model_dir
+from pipelines.slider_model import SliderModel
+from pipelines.slider_requests import GenerationSpec, InvalidRequest
 
 KINDS = ["sd3", "flux_kontext"]
 
@@ -32,6 +36,19 @@ def runs(tiny_pipeline, tmp_path_factory):
     return get
 
 
+def export(cfg, out: Path) -> Path:
+    write_model_dir(RunWeights.read(cfg.run_dir), Path(cfg.run_dir), out)
+    return out
+
+
+def tree_sha256(directory: Path) -> str:
+    """sha256 over ``relative path NUL sha256(bytes) LF`` of every file, sorted: computed here, not by
+    the code under test (``infra.checkpoint.content_sha256``)."""
+    entries = sorted((f.relative_to(directory).as_posix(), hashlib.sha256(f.read_bytes()).hexdigest())
+                     for f in directory.rglob("*") if f.is_file())
+    return hashlib.sha256("".join(f"{p}\0{h}\n" for p, h in entries).encode()).hexdigest()
+
+
 def spec(model: SliderModel, w, seed: int = 0, steps: int = 3, prompt: str | None = None) -> GenerationSpec:
     kind = model.cfg.model.kind
     source = model.check_inputs(PROMPT[kind], source_png(seed=seed)) if kind == "flux_kontext" else None
@@ -39,20 +56,22 @@ def spec(model: SliderModel, w, seed: int = 0, steps: int = 3, prompt: str | Non
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_run_dir_and_exported_dir_give_identical_images(runs, kind, tmp_path):
+def test_run_dir_and_model_dir_give_identical_images(runs, kind, tmp_path):
     cfg, model = runs(kind)
     assert model.io.output_kind == "image" and model.step == STEP
     assert model.objective_labels == [o.label for o in cfg.rewards.objectives]
-    exported = SliderModel.from_model_dir(model.export(tmp_path / "slider"))
-    assert load_slider(tmp_path / "slider").manifest() == exported.manifest()
+    exported = SliderModel.from_model_dir(export(cfg, tmp_path / "slider"))
+    assert load_slider(tmp_path / "slider").objectives == exported.objectives == model.objectives
     specs = [spec(model, (1.0, 0.0), seed=3), spec(model, (0.3, 0.7), seed=4)]
     a, b = model.generate(specs), exported.generate(specs)
     for x, y in zip(a, b):
         assert x.shape == (1, 32, 32, 3) and x.dtype == np.uint8
         np.testing.assert_array_equal(x, y)
     manifest = json.loads((tmp_path / "slider" / "slider.json").read_text())
-    assert manifest["base_kind"] == "directory" and manifest["base_checkpoint"] == str(cfg.pretrain.checkpoint)
-    assert len(manifest["base_sha256"]) == 64 and "base_note" not in manifest
+    # The base travels inside the model directory, byte for byte the trained one.
+    assert manifest["base"] == {"kind": "bundled", "path": "base", "sha256": tree_sha256(Path(cfg.pretrain.checkpoint))}
+    assert tree_sha256(tmp_path / "slider" / "base") == tree_sha256(Path(cfg.pretrain.checkpoint))
+    assert exported.base == tmp_path / "slider" / "base"
     assert manifest["uses_prompt"] is True and manifest["uses_source_image"] is (kind == "flux_kontext")
 
 
@@ -104,21 +123,14 @@ def test_source_image_is_rgb_at_the_models_size(runs):
     np.testing.assert_allclose(source[0, 0], 128 / 255, atol=1e-6)  # the grey border survives the resize
 
 
-def test_a_changed_base_directory_is_refused(runs, tmp_path):
-    cfg, model = runs("sd3")
-    base = shutil.copytree(cfg.pretrain.checkpoint, tmp_path / "base")
-    moved = cfg.model_copy(update={"pretrain": cfg.pretrain.model_copy(update={"checkpoint": str(base)})})
-    copy = SliderModel(moved, model.policy.trainable_state(), BaseRef.of_config(moved, tmp_path), model.objectives,
-                       model.step, None)
-    exported = copy.export(tmp_path / "slider")
-    assert copy.manifest()["base_sha256"] == model.manifest()["base_sha256"]  # same files, other place
-    SliderModel.from_model_dir(exported)
-
-    (base / "scheduler" / "scheduler_config.json").write_text('{"changed": true}')
-    with pytest.raises(ValueError, match=r"base directory .* changed since the model was exported \(sha256 over"):
+def test_a_changed_or_missing_bundled_base_is_refused(runs, tmp_path):
+    cfg, _ = runs("sd3")
+    exported = export(cfg, tmp_path / "slider")
+    (exported / "base" / "scheduler" / "scheduler_config.json").write_text('{"changed": true}')
+    with pytest.raises(ValueError, match=r"base .*slider/base changed since the model was exported"):
         SliderModel.from_model_dir(exported)
-    shutil.rmtree(base)
-    with pytest.raises(FileNotFoundError, match="base directory .* not found"):
+    shutil.rmtree(exported / "base")
+    with pytest.raises(FileNotFoundError, match=r"base .*slider/base named by .*slider.json not found"):
         SliderModel.from_model_dir(exported)
 
 
@@ -129,21 +141,6 @@ def test_a_run_whose_base_directory_is_missing_names_the_field(runs, tmp_path):
     (run / "config.yaml").write_text(dump_config(gone))
     with pytest.raises(FileNotFoundError, match=r"\(pretrain.checkpoint of .*config.yaml\) is not a diffusers directory"):
         SliderModel.from_run_dir(run)
-
-
-def test_a_hub_id_base_is_recorded_unhashed(runs, tmp_path):
-    cfg, _ = runs("flux_kontext")
-    hub = cfg.model_copy(update={"model": cfg.model.model_copy(update={
-        "diffusers": cfg.model.diffusers.model_copy(update={"pretrained": "black-forest-labs/FLUX.1-Kontext-dev"})})})
-    ref = BaseRef.of_config(hub, tmp_path)
-    assert ref == BaseRef("black-forest-labs/FLUX.1-Kontext-dev", "hub") and ref.sha256() is None
-    assert ref.manifest(None) == {"base_checkpoint": "black-forest-labs/FLUX.1-Kontext-dev", "base_kind": "hub",
-                                  "base_sha256": None, "base_note": HUB_NOTE}
-    ref.verify(None, tmp_path / "slider.json")  # nothing local to check
-    local = hub.model_copy(update={"model": hub.model.model_copy(update={
-        "diffusers": hub.model.diffusers.model_copy(update={"pretrained": str(tmp_path / "missing" / "base")})})})
-    with pytest.raises(FileNotFoundError, match="model.diffusers.pretrained of .* nor a hub id"):
-        BaseRef.of_config(local, tmp_path)
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+from pathlib import Path
 
 import mlflow.pyfunc
 import numpy as np
@@ -13,7 +15,9 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from pipelines.registry import load_slider
-from pipelines.slider_model import GenerationSpec, InvalidRequest, SliderModel
+from pipelines.slider_artifact import RunWeights, write_model_dir
+from pipelines.slider_model import SliderModel
+from pipelines.slider_requests import GenerationSpec, InvalidRequest
 from slider_run import MODEL_NAME, cfg, model, target  # noqa: F401 - cfg, model: fixtures
 
 
@@ -81,24 +85,73 @@ def test_preferences_are_put_on_the_simplex(model):
     assert model.check_preference({"target_b": 2.0}) == (0.0, 1.0)
 
 
-def test_register_cli_and_exported_dir(cfg, model, tmp_path):
+def export(cfg, out: Path) -> Path:
+    write_model_dir(RunWeights.read(cfg.run_dir), Path(cfg.run_dir), out)
+    return out
+
+
+def test_register_cli_and_model_dir(cfg, model, tmp_path):
     from pipelines.cli import app
 
     result = CliRunner().invoke(app, ["register", cfg.run_dir, "--name", "toy2d-cli"])
     assert result.exit_code == 0, result.output
     assert "registered models:/toy2d-cli/1" in result.output
-    exported = model.export(tmp_path / "slider")
+    exported = export(cfg, tmp_path / "slider")
     np.testing.assert_array_equal(load_slider(exported).generate(SPECS[:1])[0], model.generate(SPECS[:1])[0])
 
 
-def test_a_changed_base_is_refused(model, tmp_path):
-    exported = model.export(tmp_path / "slider")
-    other_base = tmp_path / "base.pt"
-    shutil.copy(model.base_checkpoint, other_base)
-    with other_base.open("ab") as f:
-        f.write(b"\0")
+def test_a_changed_base_is_refused(cfg, tmp_path):
+    exported = export(cfg, tmp_path / "slider")
     manifest = json.loads((exported / "slider.json").read_text())
-    manifest["base_checkpoint"] = str(other_base)
-    (exported / "slider.json").write_text(json.dumps(manifest))
+    bundled = exported / manifest["base"]["path"]
+    assert bundled.read_bytes() == Path(cfg.pretrain.checkpoint).read_bytes()
+    with bundled.open("ab") as f:
+        f.write(b"\0")
     with pytest.raises(ValueError, match="changed since the model was exported"):
         SliderModel.from_model_dir(exported)
+
+
+def test_a_format_1_model_directory_still_loads(cfg, model, tmp_path):
+    """Models registered before bases travelled: the manifest named the base by absolute path."""
+    exported = export(cfg, tmp_path / "slider")
+    manifest = json.loads((exported / "slider.json").read_text())
+    bundled = exported / manifest.pop("base")["path"]
+    bundled.unlink()
+    base = Path(cfg.pretrain.checkpoint)
+    manifest.update(format=1, base_checkpoint=str(base), base_kind="file",
+                    base_sha256=hashlib.sha256(base.read_bytes()).hexdigest())
+    (exported / "slider.json").write_text(json.dumps(manifest))
+    old = SliderModel.from_model_dir(exported)
+    assert Path(old.base) == base
+    np.testing.assert_array_equal(old.generate(SPECS[:1])[0], model.generate(SPECS[:1])[0])
+    manifest["format"] = 3
+    (exported / "slider.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=r"format 3, this code reads formats \[1, 2\]"):
+        SliderModel.from_model_dir(exported)
+
+
+def test_the_registered_model_serves_without_the_run_or_its_base(cfg, model, tmp_path, monkeypatch):
+    """Registered, then the run directory and the base moved away: ``models:/`` still gives the same
+    samples from a fresh working directory (the base travels inside the artifact)."""
+    import mlflow.pyfunc
+
+    want = model.generate(SPECS)
+    run_dir, base = Path(cfg.run_dir), Path(cfg.pretrain.checkpoint)
+    away = tmp_path / "away"
+    away.mkdir()
+    monkeypatch.chdir(tmp_path)  # fresh working directory
+    shutil.move(run_dir, away / "run")
+    shutil.move(base, away / "base.pt")
+    try:
+        assert not run_dir.exists() and not base.exists()
+        registered = load_slider(f"models:/{MODEL_NAME}/1", cfg.tracking.tracking_uri)
+        assert Path(registered.base).read_bytes() == (away / "base.pt").read_bytes()  # the trained base, carried
+        for a, b in zip(want, registered.generate(SPECS)):
+            np.testing.assert_array_equal(a, b)
+        source = MlflowClient(cfg.tracking.tracking_uri).get_model_version(MODEL_NAME, "1").source
+        out = mlflow.pyfunc.load_model(source).predict(
+            pd.DataFrame({"preference": [[1.0, 0.0]], "seed": [3], "steps": [4]}), params={"num_samples": 64})
+        np.testing.assert_array_equal(np.asarray(out["samples"][0], dtype=np.float32), want[0])
+    finally:  # the session's other tests share the run
+        shutil.move(away / "run", run_dir)
+        shutil.move(away / "base.pt", base)
