@@ -256,8 +256,6 @@ class PreferenceConfig(Strict):
     """Three or more objectives: probability of an edge point (Dirichlet on a random pair)."""
     dirichlet_alpha: float = Field(1.0, gt=0)
     """Concentration of the Dirichlet draws; the rest (1 - vertex - edge) is interior."""
-    sweep_points: int = Field(11, ge=2)
-    """Points per edge of the evaluation sweep (2 objectives: w1 = 0, 0.1, ..., 1)."""
 
     @model_validator(mode="after")
     def _mix_sums(self) -> PreferenceConfig:
@@ -368,8 +366,6 @@ class LoopConfig(Strict):
     checkpoint_every: int = Field(50, ge=1)
     """Checkpoint every N steps (and at the last). Training metrics reach MLflow here: the history
     holds only steps a checkpoint kept, so each step appears once after a crash and ``--resume``."""
-    eval_samples: int = Field(512, ge=1)
-    """Samples per preference in the final sweep."""
 
 
 class TrackingConfig(Strict):
@@ -485,7 +481,7 @@ class ServeConfig(Strict):
 
 
 class EvaluationConfig(Strict):
-    """Pareto sweeps of a trained model (``paretoslider evaluate`` and ``compare``)."""
+    """Pareto sweeps of a trained model: training's final sweep, ``paretoslider evaluate`` and ``compare``."""
 
     rewards: list[RewardSpec] | None = None
     """Held-out rewards that judge the fronts, one per objective in ``rewards.objectives`` order
@@ -615,6 +611,11 @@ class Config(Strict):
         return self
 
 
+MOVED_FIELDS = {"preferences.sweep_points": "evaluation.points_per_edge",
+                "loop.eval_samples": "evaluation.num_samples"}
+"""Removed fields and the one that replaces each: a config that still sets one fails naming it."""
+
+
 class ConfigError(ValueError):
     """A config file or override is invalid; the message names the field and what is allowed."""
 
@@ -624,7 +625,10 @@ def _format_validation_error(err: ValidationError) -> str:
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "<root>"
         msg = e["msg"]
-        if e["type"] == "extra_forbidden":
+        if e["type"] == "extra_forbidden" and loc in MOVED_FIELDS:
+            msg = (f"removed; set {MOVED_FIELDS[loc]} instead (the evaluation section sets every sweep: "
+                   "training's final sweep, evaluate and compare)")
+        elif e["type"] == "extra_forbidden":
             msg = "unknown key"
         elif e["type"] == "literal_error" and "expected" in e.get("ctx", {}):
             msg = f"must be one of {e['ctx']['expected']}"
