@@ -492,6 +492,10 @@ class EvaluationConfig(Strict):
     """Samples per swept preference (the same noise at every point and for every method)."""
     seed: int = 1234
     """Noise seed of the sweep."""
+    every: int | None = Field(None, ge=1)
+    """Training also sweeps its EMA model every N steps, right after that step's checkpoint (a
+    multiple of ``loop.checkpoint_every``, so a resume never re-logs a sweep of a model it trains
+    again); None sweeps only at the end."""
     confidence: float = Field(0.95, gt=0, lt=1)
     """Level of the t-interval reported around each mean reward."""
     reference_point: list[float] | None = None
@@ -604,6 +608,9 @@ class Config(Strict):
             if any(x < 0 for x in w) or abs(sum(w) - 1) > 1e-6:
                 raise ValueError(f"algorithm.fixed_preference must be on the simplex (>= 0, sum 1), got {w}")
         ev = self.evaluation
+        if ev.every is not None and ev.every % self.loop.checkpoint_every:
+            raise ValueError(f"evaluation.every ({ev.every}) must be a multiple of loop.checkpoint_every "
+                             f"({self.loop.checkpoint_every}): a sweep is of a checkpointed model")
         for field_name, value in (("rewards", ev.rewards), ("reference_point", ev.reference_point)):
             if value is not None and len(value) != self.num_objectives:
                 raise ValueError(f"evaluation.{field_name} has {len(value)} entries but there are "

@@ -232,10 +232,10 @@ def sweep_model(sample: SampleFn, cfg: Config, score: Score, method: str = "slid
     return Sweep(points, base_point, ref, summary, batches, base.batch)
 
 
-def log_sweep(tracker: Tracker, sweep: Sweep, cfg: Config, step: int, title: str) -> None:
-    """The sweep in MLflow: a table (``eval/front.json``, also ``eval/front.parquet``), the Pareto
-    plot (``eval/front.png``), the image grid for image sliders, the summary as ``eval/*`` metrics at
-    ``step`` and the reference point as a tag. Metrics and table are logged once: a resume after a
+def log_sweep(tracker: Tracker, sweep: Sweep, cfg: Config, step: int, title: str, folder: str = "eval") -> None:
+    """The sweep in MLflow: a table (``<folder>/front.json``, also ``front.parquet``), the Pareto
+    plot (``front.png``), the image grid for image sliders (``sweep_grid.png``), the summary as
+    ``eval/*`` metrics at ``step`` (one curve over a run's evals) and the reference point as a tag. Metrics and table are logged once: a resume after a
     crash sweeps the same checkpoint again (files and tags are overwritten with equal content)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -243,15 +243,15 @@ def log_sweep(tracker: Tracker, sweep: Sweep, cfg: Config, step: int, title: str
     names = cfg.objective_names
     rows = sweep.rows(names)
     tracker.set_tags({"paretoslider.reference_point": np.round(sweep.reference_point, 6).tolist()})
-    tracker.log_table({k: [r[k] for r in rows] for k in rows[0]}, "eval/front.json")
+    tracker.log_table({k: [r[k] for r in rows] for k in rows[0]}, f"{folder}/front.json")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "front.parquet"
         pq.write_table(pa.Table.from_pylist(rows), path)
-        tracker.log_artifact(path, "eval")
+        tracker.log_artifact(path, folder)
     tracker.log_figure(front_plot([sweep.points, sweep.base], {sweep.points.method}, names, sweep.reference_point,
-                                  title), "eval/front.png")
+                                  title), f"{folder}/front.png")
     if sweep.base_batch.images is not None:
-        tracker.log_figure(sweep_grid(sweep, names), "eval/sweep_grid.png")
+        tracker.log_figure(sweep_grid(sweep, names), f"{folder}/sweep_grid.png")
     tracker.log_metrics_once({f"eval/{k}": v for k, v in sweep.metrics().items()}, step)
 
 

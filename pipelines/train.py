@@ -113,6 +113,8 @@ class Trainer:
         self.reward_latency_s: dict[str, float] = {}
         """Each objective's reward-server latency in the last scored step (logged per step)."""
         self.rewards: RewardClient | None = None
+        self.eval_rewards: RewardClient | None = None
+        """The held-out ``evaluation.rewards`` (deployed at the first sweep), if set."""
         self.learner: LearnerGroup | None = None
         self.actors: list = []
         self.rollout_pool = self.learner_pool = None
@@ -359,11 +361,16 @@ class Trainer:
                 if st.step % cfg.loop.checkpoint_every == 0 or st.step == total:
                     self.save()
                 self.clock.add("tracking", time.perf_counter() - t0)
+                if cfg.evaluation.every and st.step % cfg.evaluation.every == 0 and st.step < total \
+                        and not cfg.simulate.enabled:
+                    t0 = time.perf_counter()
+                    self.sweep(f"eval/step_{st.step:06d}")
+                    self.clock.add("eval", time.perf_counter() - t0)
                 self.clock.mark()
                 bar.update(1)
                 bar.set_postfix({n: f"{metrics[f'reward/{n}']:.2f}" for n in cfg.objective_names})
             bar.close()
-            result = None if cfg.simulate.enabled else self.final_sweep()
+            result = None if cfg.simulate.enabled else self.sweep("eval")
             if cfg.registry.register_on_finish and not cfg.simulate.enabled:
                 from pipelines.slider_model import MODEL_IO
 
@@ -380,19 +387,17 @@ class Trainer:
             self.tracker.end("FAILED")
             raise
 
-    def final_sweep(self) -> Sweep:
+    def sweep(self, folder: str) -> Sweep:
         """Sweep the EMA model across the slider on the rollout actors (the driver holds no model),
-        score it as ``paretoslider evaluate`` would, print the table and log it to MLflow."""
+        score it as ``paretoslider evaluate`` would, log it under ``folder`` (metrics at this step)."""
         ema = ray.put(self.learner.export_state()["ema"])
-        held_out = eval_rewards_client(self.cfg) if self.cfg.evaluation.rewards is not None else None
-        scorer = held_out or self.rewards
-        try:
-            result = sweep_model(self.actor_sampler(ema), self.cfg, lambda inputs: scorer.submit(inputs).result())
-        finally:
-            if held_out is not None:
-                held_out.close()
-        log_sweep(self.tracker, result, self.cfg, self.state.step, f"{self.cfg.name}: EMA model at step {self.state.step}")
-        print_front(result, self.cfg.objective_names, "mean reward ± CI half-width per swept preference (EMA model)")
+        if self.cfg.evaluation.rewards is not None and self.eval_rewards is None:
+            self.eval_rewards = eval_rewards_client(self.cfg)
+        scorer = self.eval_rewards or self.rewards
+        result = sweep_model(self.actor_sampler(ema), self.cfg, lambda inputs: scorer.submit(inputs).result())
+        step = self.state.step
+        log_sweep(self.tracker, result, self.cfg, step, f"{self.cfg.name}: EMA model at step {step}", folder)
+        print_front(result, self.cfg.objective_names, f"mean reward ± CI half-width per swept preference (EMA, step {step})")
         return result
 
     def actor_sampler(self, weights: ray.ObjectRef) -> SampleFn:
@@ -423,8 +428,9 @@ class Trainer:
             self.learner.shutdown()
         for a in self.actors:
             ray.kill(a, no_restart=True)
-        if self.rewards is not None:
-            self.rewards.close()
+        for client in (self.rewards, self.eval_rewards):
+            if client is not None:
+                client.close()
         release_pools(*(p for p in (self.rollout_pool, self.learner_pool) if p is not None))
 
 

@@ -92,12 +92,14 @@ def test_bad_override_fails_before_anything_starts(tmp_path):
                      ("loop.eval_samples", "evaluation.num_samples")):
         with pytest.raises(ConfigError, match=rf"{old}: removed; set {new} instead"):
             load_config(None, [f"{old}=5"])
+    with pytest.raises(ConfigError, match=r"evaluation\.every \(3\) must be a multiple of loop\.checkpoint_every \(2\)"):
+        load_config(None, ["evaluation.every=3", "loop.checkpoint_every=2"])
 
 
-def test_final_sweep_runs_on_the_actors_and_matches_evaluate(ray_local, tiny_base, tmp_path, monkeypatch):
-    """The driver loads no model for the final sweep; `paretoslider evaluate` of the checkpoint, which
-    samples in process from the same noise, gives the same front; MLflow holds the sweep as a table, a
-    Pareto plot and summary metrics at the last step."""
+def test_sweeps_run_on_the_actors_and_match_evaluate(ray_local, tiny_base, tmp_path, monkeypatch):
+    """The driver loads no model for its sweeps (one mid-run, `evaluation.every`, and the final one);
+    `paretoslider evaluate` of the checkpoint, which samples in process from the same noise, gives the
+    same front; MLflow holds each sweep as a table, a Pareto plot and summary metrics at its step."""
     import json
     from pathlib import Path
 
@@ -107,7 +109,8 @@ def test_final_sweep_runs_on_the_actors_and_matches_evaluate(ray_local, tiny_bas
     from scipy.stats import spearmanr
     from test_compare import hypervolume_2d
 
-    cfg = tiny_cfg(tmp_path, tiny_base, steps=2, checkpoint_every=2)
+    cfg = tiny_cfg(tmp_path, tiny_base, steps=4, checkpoint_every=2)
+    cfg.evaluation.every = 2
     cfg.registry.register_on_finish = False  # registration loads the base in the driver (a separate item)
 
     def no_model_here(*args, **kwargs):
@@ -127,8 +130,10 @@ def test_final_sweep_runs_on_the_actors_and_matches_evaluate(ray_local, tiny_bas
     _, blob = load_latest_checkpoint(cfg.run_dir)
     run_id = blob["loop"]["mlflow_run_id"]
     client = MlflowClient(cfg.tracking.tracking_uri)
-    assert {"eval/front.json", "eval/front.png", "eval/front.parquet"} <= {
+    assert {"eval/front.json", "eval/front.png", "eval/front.parquet", "eval/step_000002"} <= {
         a.path for a in client.list_artifacts(run_id, "eval")}
+    assert {"eval/step_000002/front.json", "eval/step_000002/front.png"} <= {
+        a.path for a in client.list_artifacts(run_id, "eval/step_000002")}
     table = json.loads(Path(client.download_artifacts(run_id, "eval/front.json", str(tmp_path))).read_text())
     rows = [dict(zip(table["columns"], r)) for r in table["data"]]
     assert [r["method"] for r in rows] == ["slider"] * 3 + ["base"]
@@ -136,10 +141,11 @@ def test_final_sweep_runs_on_the_actors_and_matches_evaluate(ray_local, tiny_bas
     np.testing.assert_allclose(front, result.points.mean, rtol=1e-9)  # the JSON keeps 10 digits
     ref = np.array(json.loads(client.get_run(run_id).data.tags["paretoslider.reference_point"]))
     metrics = {k: client.get_metric_history(run_id, k) for k in ("eval/hypervolume", "eval/monotonicity_target_a")}
-    assert all([m.step for m in h] == [2] for h in metrics.values())  # at the final training step
+    assert all(sorted(m.step for m in h) == [2, 4] for h in metrics.values())  # the mid-run and the final sweep
+    metrics = {k: max(h, key=lambda m: m.step) for k, h in metrics.items()}
     # The tag keeps the reference point to 6 decimals: an area moves by < 1e-5 here.
-    assert metrics["eval/hypervolume"][0].value == pytest.approx(hypervolume_2d(front, ref), abs=1e-5)
+    assert metrics["eval/hypervolume"].value == pytest.approx(hypervolume_2d(front, ref), abs=1e-5)
     w = np.array([[r["w_target_a"], r["w_target_b"]] for r in rows[:3]])
-    assert metrics["eval/monotonicity_target_a"][0].value == pytest.approx(
+    assert metrics["eval/monotonicity_target_a"].value == pytest.approx(
         spearmanr(w[:, 0], front[:, 0]).statistic, nan_ok=True)
     assert not any(k.startswith("sweep/") for k in client.get_run(run_id).data.metrics)
