@@ -111,6 +111,7 @@ def test_sweeps_run_on_the_actors_and_match_evaluate(ray_local, tiny_base, tmp_p
 
     cfg = tiny_cfg(tmp_path, tiny_base, steps=4, checkpoint_every=2)
     cfg.evaluation.every = 2
+    cfg.rollout.num_actors = 2  # the sweep's 3 points are split 2 + 1 over the actors
     cfg.registry.register_on_finish = False  # registration loads the base in the driver (a separate item)
 
     def no_model_here(*args, **kwargs):
