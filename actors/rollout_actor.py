@@ -10,15 +10,16 @@ from __future__ import annotations
 import os
 import threading
 import time
+from contextlib import nullcontext
 
 import ray
 import torch
 
 from actors.weight_sync import CollectiveGroup, WeightHandle, fetch_weights, state_digest
-from infra.config import Config
+from infra.config import Config, SamplerConfig
 from policies.batch import GroupSpec, RolloutBatch
 from policies.policy import build_policy
-from policies.rollout import rollout_groups
+from policies.rollout import rollout_groups, rollout_sweep
 
 
 class WeightsBehindError(RuntimeError):
@@ -112,9 +113,7 @@ class RolloutWorker:
         weights until the collective group re-forms, and must not sample with them.
         """
         start = time.time()
-        if self.offloaded:
-            self.policy.to(self.device)
-            self.offloaded = False
+        self._reload()
         self._apply_staged()
         self.apply_weights(handle)
         if self.version < min_version:
@@ -125,6 +124,25 @@ class RolloutWorker:
             micro_batch_size=self.cfg.rollout.micro_batch_size)
         batch.weights_digest, batch.digest_s, self.digest_s = self.digest, self.digest_s, 0.0
         return batch
+
+    def sample_sweep(self, points: list[list[GroupSpec]], per_group: int, sampler: SamplerConfig,
+                     weights: dict[str, torch.Tensor] | None = None, reference: bool = False) -> list[RolloutBatch]:
+        """An evaluation sweep: one batch per point, sampled with ``weights`` as the trainable tensors
+        (e.g. the learner's EMA; ``reference``: the base model, no weights needed). The sampling
+        weights are restored after, so training rollouts may follow; Ray re-runs the call with the
+        same ``weights`` on an actor it restarted."""
+        self._reload()
+        with self.policy.swapped(weights) if weights is not None else nullcontext():
+            batches = rollout_sweep(self.policy, points, per_group, sampler, self.device, reference)
+        for b in batches:
+            b.conditions = None  # the driver only scores the samples; the encoded prompts stay here
+        return batches
+
+    def _reload(self) -> None:
+        """Colocated mode: bring the model back to the GPU the learner was using."""
+        if self.offloaded:
+            self.policy.to(self.device)
+            self.offloaded = False
 
     def _simulated(self, groups: list[GroupSpec], start: float) -> RolloutBatch:
         """Stage-cost simulation: pay the configured time, return real-size random payloads."""

@@ -24,8 +24,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for s in (0, 1):
             cfg = bench_config("configs/toy2d.yaml", Path(tmp), f"s{s}", args.overrides + [
-                f"loop.steps={args.steps}", f"loop.max_staleness={s}", "loop.eval_samples=64",
-                "preferences.sweep_points=3"])
+                f"loop.steps={args.steps}", f"loop.max_staleness={s}", "evaluation.num_samples=64",
+                "evaluation.points_per_edge=3"])
             results[s] = run_steady(cfg)
     stages = sorted({k for r in results.values() for k in r if k.startswith("busy_")})
     print(f"\n{'max_staleness':>14} {'samples/s':>10} {'wall s':>8} " + " ".join(f"{s[5:]:>13}" for s in stages))

@@ -39,7 +39,7 @@ def train_small(workdir: Path, overrides: list[str]) -> str:
 
     cfg = load_config("configs/toy2d.yaml", overrides + [
         f"run_dir={workdir / 'run'}", f"tracking.tracking_uri=sqlite:///{workdir / 'mlflow.db'}",
-        "loop.steps=60", "loop.scatter_every=100000", "loop.eval_samples=64", "preferences.sweep_points=3",
+        "loop.steps=60", "loop.scatter_every=100000", "evaluation.num_samples=64", "evaluation.points_per_edge=3",
         "registry.register_on_finish=false"])
     train(cfg, progress=False)
     return cfg.run_dir

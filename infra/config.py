@@ -281,8 +281,6 @@ class PreferenceConfig(Strict):
     """Three or more objectives: probability of an edge point (Dirichlet on a random pair)."""
     dirichlet_alpha: float = Field(1.0, gt=0)
     """Concentration of the Dirichlet draws; the rest (1 - vertex - edge) is interior."""
-    sweep_points: int = Field(11, ge=2)
-    """Points per edge of the evaluation sweep (2 objectives: w1 = 0, 0.1, ..., 1)."""
 
     @model_validator(mode="after")
     def _mix_sums(self) -> PreferenceConfig:
@@ -433,8 +431,6 @@ class LoopConfig(Strict):
     checkpoint_every: int = Field(50, ge=1)
     """Checkpoint every N steps (and at the last). Training metrics reach MLflow here: the history
     holds only steps a checkpoint kept, so each step appears once after a crash and ``--resume``."""
-    eval_samples: int = Field(512, ge=1)
-    """Samples per preference in the final sweep."""
 
 
 class TrackingConfig(Strict):
@@ -566,7 +562,7 @@ class ServeConfig(Strict):
 
 
 class EvaluationConfig(Strict):
-    """Pareto sweeps of a trained model (``paretoslider evaluate`` and ``compare``)."""
+    """Pareto sweeps of a trained model: training's final sweep, ``paretoslider evaluate`` and ``compare``."""
 
     rewards: list[RewardSpec] | None = None
     """Held-out rewards that judge the fronts, one per objective in ``rewards.objectives`` order
@@ -577,6 +573,10 @@ class EvaluationConfig(Strict):
     """Samples per swept preference (the same noise at every point and for every method)."""
     seed: int = 1234
     """Noise seed of the sweep."""
+    every: int | None = Field(None, ge=1)
+    """Training also sweeps its EMA model every N steps, right after that step's checkpoint (a
+    multiple of ``loop.checkpoint_every``, so a resume never re-logs a sweep of a model it trains
+    again); None sweeps only at the end."""
     confidence: float = Field(0.95, gt=0, lt=1)
     """Level of the t-interval reported around each mean reward."""
     reference_point: list[float] | None = None
@@ -730,11 +730,19 @@ class Config(Strict):
             if any(x < 0 for x in w) or abs(sum(w) - 1) > 1e-6:
                 raise ValueError(f"algorithm.fixed_preference must be on the simplex (>= 0, sum 1), got {w}")
         ev = self.evaluation
+        if ev.every is not None and ev.every % self.loop.checkpoint_every:
+            raise ValueError(f"evaluation.every ({ev.every}) must be a multiple of loop.checkpoint_every "
+                             f"({self.loop.checkpoint_every}): a sweep is of a checkpointed model")
         for field_name, value in (("rewards", ev.rewards), ("reference_point", ev.reference_point)):
             if value is not None and len(value) != self.num_objectives:
                 raise ValueError(f"evaluation.{field_name} has {len(value)} entries but there are "
                                  f"{self.num_objectives} objectives {self.objective_names}")
         return self
+
+
+MOVED_FIELDS = {"preferences.sweep_points": "evaluation.points_per_edge",
+                "loop.eval_samples": "evaluation.num_samples"}
+"""Removed fields and the one that replaces each: a config that still sets one fails naming it."""
 
 
 class ConfigError(ValueError):
@@ -746,7 +754,10 @@ def _format_validation_error(err: ValidationError) -> str:
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "<root>"
         msg = e["msg"]
-        if e["type"] == "extra_forbidden":
+        if e["type"] == "extra_forbidden" and loc in MOVED_FIELDS:
+            msg = (f"removed; set {MOVED_FIELDS[loc]} instead (the evaluation section sets every sweep: "
+                   "training's final sweep, evaluate and compare)")
+        elif e["type"] == "extra_forbidden":
             msg = "unknown key"
         elif e["type"] == "literal_error" and "expected" in e.get("ctx", {}):
             msg = f"must be one of {e['ctx']['expected']}"

@@ -211,8 +211,13 @@ class Tracker:
             plt.close(fig)
 
     def log_table(self, data: dict[str, list[Any]], artifact_file: str) -> None:
-        """A small column table as a JSON artifact the MLflow UI renders (``*.json``)."""
-        self.client.log_table(self.run_id, data, artifact_file)
+        """A small column table as a JSON artifact the MLflow UI renders (``*.json``), logged once:
+        MLflow appends the rows to a table file that exists, and a resume after a crash computes the
+        same table (the final sweep of a checkpointed model) again."""
+        folder = str(Path(artifact_file).parent)
+        existing = {a.path for a in self.client.list_artifacts(self.run_id, None if folder == "." else folder)}
+        if artifact_file not in existing:
+            self.client.log_table(self.run_id, data, artifact_file)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Copy a local file (or a directory's contents) into the run's artifacts."""

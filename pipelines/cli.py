@@ -121,7 +121,7 @@ def evaluate(config: ConfigOpt = None, set_: SetOpt = None,
     if weights not in ("ema", "trainable", "old"):
         typer.secho(f"--weights must be one of 'ema', 'trainable', 'old' (got {weights!r})", fg=typer.colors.RED, err=True)
         raise typer.Exit(2)
-    from pipelines.compare import evaluate_run
+    from pipelines.evaluate import evaluate_run
 
     try:
         evaluate_run(cfg, run_dir or Path(cfg.run_dir), weights)

@@ -29,8 +29,8 @@ from infra.checkpoint import atomic_write_text, load_latest_checkpoint
 from infra.config import Config, apply_override
 from infra.ray_init import start_ray
 from infra.tracking import Tracker
-from pipelines.pareto import (BaseEval, FrontPoints, Score, eval_rewards_client, evaluate_base, evaluate_points,
-                              front_summary, load_policy, shared_reference)
+from pipelines.evaluate import (BaseEval, FrontPoints, Score, eval_rewards_client, evaluate_base, evaluate_points,
+                                front_summary, load_policy, local_sampler, shared_reference)
 from pipelines.plots import front_plot
 from pipelines.pretrain import ensure_base
 from policies.fronts import count_dominated, dominates, non_dominated
@@ -149,25 +149,26 @@ def evaluate_seed(cfg: Config, seed: int, runs: list[TrainingRun], score: Score,
     at_lattice: FrontPoints | None = None
     for run in runs:
         if run.preference is None:
-            policy = load_policy(run.cfg, run.cfg.run_dir, base_ckpt)
-            sweeps.append((evaluate_points(policy, cfg, grid, score, run.key, base, eval_seed), 1))
+            sample = local_sampler(load_policy(run.cfg, run.cfg.run_dir, base_ckpt), cfg)
+            sweeps.append((evaluate_points(sample, cfg, grid, score, run.key, base, eval_seed), 1))
             if run.key == "slider" and fixed:
                 lattice = np.stack([r.preference for r in fixed])
-                at_lattice = evaluate_points(policy, cfg, lattice, score, "slider", base, eval_seed)
+                at_lattice = evaluate_points(sample, cfg, lattice, score, "slider", base, eval_seed)
     rows_fixed: list[FrontPoints] = []
     if "fixed" in cc.methods:
         for run in fixed:
-            policy = load_policy(run.cfg, run.cfg.run_dir, base_ckpt)
-            rows_fixed.append(evaluate_points(policy, cfg, run.preference[None], score, "fixed", base, eval_seed))
+            sample = local_sampler(load_policy(run.cfg, run.cfg.run_dir, base_ckpt), cfg)
+            rows_fixed.append(evaluate_points(sample, cfg, run.preference[None], score, "fixed", base, eval_seed))
     if "soups" in cc.methods:
         vertices = [r for r in fixed if (r.preference == 1).any()]
         vertices.sort(key=lambda r: int(np.argmax(r.preference)))
         states = [load_latest_checkpoint(r.cfg.run_dir)[1]["weights"]["ema"] for r in vertices]
         policy = build_policy(cfg.model, cfg.num_objectives, base_ckpt).eval()
+        sample = local_sampler(policy, cfg)
         soup = []
         for lam in grid:
             policy.load_trainable_state(soup_state(states, lam))
-            soup.append(evaluate_points(policy, cfg, lam[None], score, "soups", base, eval_seed))
+            soup.append(evaluate_points(sample, cfg, lam[None], score, "soups", base, eval_seed))
         sweeps.append((concat_points("soups", soup), len(vertices)))
     methods = list(sweeps)
     if rows_fixed:
@@ -247,10 +248,10 @@ def compare(cfg: Config, seeds: list[int], progress: bool = True) -> list[dict]:
     client = eval_rewards_client(cfg)
     try:
         score = lambda inputs: client.submit(inputs).result()  # noqa: E731
-        base_policy = build_policy(cfg.model, cfg.num_objectives, base_ckpt).eval()
+        base_model = local_sampler(build_policy(cfg.model, cfg.num_objectives, base_ckpt).eval(), cfg)
         ref = None
         for seed in seeds:
-            base, base_point = evaluate_base(base_policy, cfg, score, cfg.evaluation.seed + seed)
+            base, base_point = evaluate_base(base_model, cfg, score, cfg.evaluation.seed + seed)
             if ref is None:  # derived once (first seed) and shared by every method and seed
                 ref = shared_reference(cfg, base)
             result = evaluate_seed(cfg, seed, per_seed_runs[seed], score, base_ckpt, base, base_point, ref)
@@ -258,8 +259,7 @@ def compare(cfg: Config, seeds: list[int], progress: bool = True) -> list[dict]:
             for p in result.points:
                 point_rows += [{"seed": seed, **row} for row in p.rows(names)]
             sweeps = {"slider", "soups"} | {v.name for v in cfg.compare.variants}
-            figures.append((seed, front_plot([(p.method, p.mean, p.method in sweeps) for p in result.points],
-                                             names, ref, f"{cfg.name}, seed {seed}")))
+            figures.append((seed, front_plot(result.points, sweeps, names, ref, f"{cfg.name}, seed {seed}")))
     finally:
         client.close()
 
@@ -286,55 +286,3 @@ def compare(cfg: Config, seeds: list[int], progress: bool = True) -> list[dict]:
     tracker.end("FINISHED")
     console.print(md)
     return summary
-
-
-def evaluate_run(cfg: Config, run_dir: str | Path, which: str = "ema", progress: bool = True) -> dict:
-    """``paretoslider evaluate``: sweep one trained model, write ``<run_dir>/eval/`` and log it."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    base_ckpt = str(ensure_base(cfg, progress))
-    start_ray(cfg.ray)
-    policy = load_policy(cfg, run_dir, base_ckpt, which)
-    names = cfg.objective_names
-    grid = simplex_grid(cfg.num_objectives, cfg.evaluation.points_per_edge)
-    client = eval_rewards_client(cfg)
-    try:
-        score = lambda inputs: client.submit(inputs).result()  # noqa: E731
-        base, base_point = evaluate_base(policy, cfg, score, cfg.evaluation.seed)
-        points = evaluate_points(policy, cfg, grid, score, "slider", base, cfg.evaluation.seed)
-    finally:
-        client.close()
-    ref = shared_reference(cfg, base)
-    summary = {**front_summary(points, ref, names), "reference_point": ref.tolist(),
-               "base_hypervolume": front_summary(base_point, ref, names)["hypervolume"]}
-    out = Path(run_dir) / "eval"
-    out.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(points.rows(names) + base_point.rows(names)), out / "front.parquet")
-    fig = front_plot([("slider", points.mean, True), ("base", base_point.mean, False)], names, ref, cfg.name)
-    fig.savefig(out / "front.png")
-    tracker = Tracker.start(cfg.model_copy(update={"tracking": cfg.tracking.model_copy(
-        update={"run_name": f"evaluate/{cfg.name}"})}))
-    with tracker:
-        tracker.log_artifact(out / "front.parquet", "eval")
-        tracker.log_figure(fig, "eval/front.png")
-        tracker.log_metrics({k: v for k, v in summary.items() if isinstance(v, float)}, 0)
-    print_front(points, base_point, summary, names)
-    return {"points": points, "base": base_point, **summary}
-
-
-def print_front(points: FrontPoints, base_point: FrontPoints, summary: dict, names: list[str]) -> None:
-    from rich.table import Table
-
-    table = Table(title="mean reward ± CI half-width per swept preference")
-    for n in names:
-        table.add_column(f"w:{n}", justify="right")
-    for n in names:
-        table.add_column(f"r:{n}", justify="right")
-    table.add_column("drift", justify="right")
-    for p in (points, base_point):
-        for w, r, h, d in zip(p.preferences, p.mean, p.half_width, p.drift):
-            wcells = [f"{x:.2f}" for x in w] if np.isfinite(w).all() else ["base"] * len(names)
-            table.add_row(*wcells, *[f"{a:.3f} ± {b:.3f}" for a, b in zip(r, h)], f"{d:.3f}")
-    console.print(table)
-    console.print({k: v for k, v in summary.items() if k not in ("points", "base")})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -9,8 +11,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from infra.config import Config  # noqa: E402
-from pipelines.evaluate import SweepResult  # noqa: E402
 from policies.batch import RolloutBatch  # noqa: E402
+from policies.fronts import hypervolume  # noqa: E402
+
+if TYPE_CHECKING:  # pipelines.evaluate draws with these functions
+    from pipelines.evaluate import FrontPoints, Sweep
 
 GRID_COLUMNS = 8
 """Samples per row in an image grid."""
@@ -49,23 +54,27 @@ def sample_scatter(batch: RolloutBatch, cfg: Config, title: str) -> plt.Figure:
 FRONT_STYLES = {"base": dict(marker="X", s=120, c="k", zorder=5), "fixed": dict(marker="s", s=60, zorder=4)}
 
 
-def front_plot(methods: list[tuple[str, np.ndarray, bool]], names: list[str], ref: np.ndarray,
+def front_plot(methods: list[FrontPoints], sweeps: set[str], names: list[str], ref: np.ndarray,
                title: str) -> plt.Figure:
-    """Mean rewards of every method overlaid; ``(label, points [P, M], is_sweep)`` per method.
+    """Mean rewards of every method overlaid, each with its confidence interval as error bars and
+    its hypervolume (against ``ref``) in the legend.
 
-    Sweeps are drawn as lines in sweep order, other methods as markers; the shared hypervolume
-    reference point is a grey cross. Three or more objectives get one panel per pair.
+    Methods named in ``sweeps`` are drawn as lines in sweep order, others as markers; the shared
+    hypervolume reference point is a grey cross. Three or more objectives get one panel per pair.
     """
     m = len(names)
     pairs = [(i, j) for i in range(m) for j in range(i + 1, m)]
     fig, axes = plt.subplots(1, len(pairs), figsize=(5 * len(pairs), 4.5), dpi=100, squeeze=False)
     for ax, (i, j) in zip(axes[0], pairs):
-        for label, pts, is_sweep in methods:
-            kind = label.split("_")[0]
-            if is_sweep:
-                ax.plot(pts[:, i], pts[:, j], marker="o", ms=3, lw=1, label=label)
+        for p in methods:
+            label = f"{p.method} (HV {hypervolume(p.mean, ref):.3g})"
+            err = dict(xerr=p.half_width[:, i], yerr=p.half_width[:, j], elinewidth=0.8, capsize=2)
+            if p.method in sweeps:
+                ax.errorbar(p.mean[:, i], p.mean[:, j], marker="o", ms=3, lw=1, label=label, **err)
             else:
-                ax.scatter(pts[:, i], pts[:, j], label=label, **FRONT_STYLES.get(kind, dict(marker="D", s=40)))
+                style = FRONT_STYLES.get(p.method.split("_")[0], dict(marker="D", s=40))
+                dots = ax.scatter(p.mean[:, i], p.mean[:, j], label=label, **style)
+                ax.errorbar(p.mean[:, i], p.mean[:, j], fmt="none", ecolor=dots.get_facecolor()[0], **err)
         ax.scatter([ref[i]], [ref[j]], marker="+", s=120, c="grey", label="reference point")
         ax.set_xlabel(f"r: {names[i]}")
         ax.set_ylabel(f"r: {names[j]}")
@@ -103,27 +112,29 @@ def sample_figure(batch: RolloutBatch, cfg: Config, title: str) -> plt.Figure:
     return fig
 
 
-def sweep_grid(result: SweepResult, rows: int = 4) -> plt.Figure:
+def sweep_grid(sweep: Sweep, names: list[str], rows: int = 4) -> plt.Figure:
     """The same prompt (and source) at every swept ``w``: one row per evaluation prompt, one column
     per preference, the source image first when there is one, the base model last."""
-    per_prompt = len(result.samples[0]) // len(set(result.prompts))
-    picks = list(range(0, len(result.samples[0]), per_prompt))[:rows]
-    lead = result.source_images is not None
-    cols = lead + len(result.preferences) + 1
+    base = sweep.base_batch
+    per_prompt = len(base) // len(base.groups)
+    picks = list(range(0, len(base), per_prompt))[:rows]
+    sources, prompts = base.source_images(), base.prompts
+    lead = sources is not None
+    samples = [b.reward_samples() for b in sweep.batches] + [base.reward_samples()]
+    titles = [f"w1={w[0]:.2f}" for w in sweep.points.preferences] + ["base"]
+    cols = lead + len(samples)
     fig, axes = plt.subplots(len(picks), cols, figsize=(cols * 1.2, len(picks) * 1.35), squeeze=False)
     for r, i in enumerate(picks):
         row = axes[r]
         if lead:
-            row[0].imshow(_frame(result.source_images[i]))
+            row[0].imshow(_frame(sources[i]))
             row[0].set_title("source", fontsize=6)
-        for c, (w, samples) in enumerate(zip(result.preferences, result.samples)):
-            row[lead + c].imshow(_frame(samples[i]))
-            row[lead + c].set_title(f"w1={w[0]:.2f}", fontsize=6)
-        row[-1].imshow(_frame(result.base_samples[i]))
-        row[-1].set_title("base", fontsize=6)
+        for c, (images, title) in enumerate(zip(samples, titles)):
+            row[lead + c].imshow(_frame(images[i]))
+            row[lead + c].set_title(title, fontsize=6)
         for ax in row:
             ax.axis("off")
-        row[0].text(0, -0.35, result.prompts[i], transform=row[0].transAxes, fontsize=6)
-    fig.suptitle(f"sweep across the slider (w1 = weight of {result.objective_names[0]})", fontsize=8)
+        row[0].text(0, -0.35, prompts[i], transform=row[0].transAxes, fontsize=6)
+    fig.suptitle(f"sweep across the slider (w1 = weight of {names[0]})", fontsize=8)
     fig.tight_layout()
     return fig

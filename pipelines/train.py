@@ -17,7 +17,6 @@ from __future__ import annotations
 import collections
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,6 @@ import numpy as np
 import ray
 import torch
 from rich.console import Console
-from rich.table import Table
 from tqdm import tqdm
 
 from actors.learner import LearnerGroup
@@ -37,11 +35,10 @@ from infra.config import Config, dump_config
 from infra.pools import build_pools, release_pools
 from infra.ray_init import start_ray
 from infra.tracking import Tracker
-from pipelines.evaluate import SweepResult, evaluate_sweep
+from pipelines.evaluate import SampleFn, Sweep, eval_rewards_client, log_sweep, print_front, sweep_model, sweep_sampler
 from pipelines.pretrain import ensure_base
-from pipelines.plots import sample_figure, sweep_grid
+from pipelines.plots import sample_figure
 from policies.batch import RolloutBatch, concat_batches
-from policies.policy import build_policy
 from policies.preferences import plan_groups, simplex_grid, step_seed
 from policies.prompts import prompt_set
 from policies.train_step import TrainShard, batch_advantages
@@ -120,6 +117,8 @@ class Trainer:
         self.reward_latency_s: dict[str, float] = {}
         """Each objective's reward-server latency in the last scored step (logged per step)."""
         self.rewards: RewardClient | None = None
+        self.eval_rewards: RewardClient | None = None
+        """The held-out ``evaluation.rewards`` (deployed at the first sweep), if set."""
         self.learner: LearnerGroup | None = None
         self.actors: list = []
         self.rollout_pool = self.learner_pool = None
@@ -335,7 +334,7 @@ class Trainer:
         return out
 
     # ---- the loop -------------------------------------------------------------------------------
-    def run(self) -> SweepResult | None:
+    def run(self) -> Sweep | None:
         cfg, st = self.cfg, self.state
         total = cfg.loop.steps
         in_flight: collections.deque[tuple[int, list[tuple[int, list, ray.ObjectRef]]]] = collections.deque()
@@ -377,11 +376,16 @@ class Trainer:
                 if st.step % cfg.loop.checkpoint_every == 0 or st.step == total:
                     self.save()
                 self.clock.add("tracking", time.perf_counter() - t0)
+                if cfg.evaluation.every and st.step % cfg.evaluation.every == 0 and st.step < total \
+                        and not cfg.simulate.enabled:
+                    t0 = time.perf_counter()
+                    self.sweep(f"eval/step_{st.step:06d}")
+                    self.clock.add("eval", time.perf_counter() - t0)
                 self.clock.mark()
                 bar.update(1)
                 bar.set_postfix({n: f"{metrics[f'reward/{n}']:.2f}" for n in cfg.objective_names})
             bar.close()
-            result = None if cfg.simulate.enabled else self.final_sweep()
+            result = None if cfg.simulate.enabled else self.sweep("eval")
             if cfg.registry.register_on_finish and not cfg.simulate.enabled:
                 self.register()
             self.tracker.end("FINISHED")
@@ -393,16 +397,32 @@ class Trainer:
             self.tracker.end("FAILED")
             raise
 
-    def final_sweep(self) -> SweepResult:
-        """Sweep the EMA model across the slider, print the table and log it to MLflow."""
-        policy = build_policy(self.cfg.model, self.cfg.num_objectives, self.base_checkpoint).eval()
-        policy.load_trainable_state(self.learner.export_state()["ema"])
-        result = evaluate_sweep(policy, self.cfg, lambda inputs: self.rewards.submit(inputs).result())
-        log_sweep(self.tracker, result, self.state.step)
-        if result.has_images:
-            self.tracker.log_figure(sweep_grid(result), "eval/sweep_grid.png")
-        print_sweep(result)
+    def sweep(self, folder: str) -> Sweep:
+        """Sweep the EMA model across the slider on the rollout actors (the driver holds no model),
+        score it as ``paretoslider evaluate`` would, log it under ``folder`` (metrics at this step)."""
+        ema = ray.put(self.learner.export_state()["ema"])
+        if self.cfg.evaluation.rewards is not None and self.eval_rewards is None:
+            self.eval_rewards = eval_rewards_client(self.cfg)
+        scorer = self.eval_rewards or self.rewards
+        result = sweep_model(self.actor_sampler(ema), self.cfg, lambda inputs: scorer.submit(inputs).result())
+        step = self.state.step
+        log_sweep(self.tracker, result, self.cfg, step, f"{self.cfg.name}: EMA model at step {step}", folder)
+        print_front(result, self.cfg.objective_names, f"mean reward ± CI half-width per swept preference (EMA, step {step})")
         return result
+
+    def actor_sampler(self, weights: ray.ObjectRef) -> SampleFn:
+        """Sweep points sampled on the rollout actors with ``weights``, a contiguous share of the points
+        each (one weight swap per actor), in point order."""
+        sampler = sweep_sampler(self.cfg)
+
+        def sample(points: list, per_group: int, reference: bool) -> list[RolloutBatch]:
+            shares = [s for s in np.array_split(np.arange(len(points)), len(self.actors)) if len(s)]
+            refs = [self.actors[a].sample_sweep.remote([points[i] for i in share], per_group, sampler,
+                                                       None if reference else weights, reference)
+                    for a, share in enumerate(shares)]
+            return [batch for part in ray.get(refs) for batch in part]
+
+        return sample
 
     def register(self) -> None:
         """Log the EMA model of the last checkpoint as an MLflow pyfunc model and register it."""
@@ -418,8 +438,9 @@ class Trainer:
             self.learner.shutdown()
         for a in self.actors:
             ray.kill(a, no_restart=True)
-        if self.rewards is not None:
-            self.rewards.close()
+        for client in (self.rewards, self.eval_rewards):
+            if client is not None:
+                client.close()
         release_pools(*(p for p in (self.rollout_pool, self.learner_pool) if p is not None))
 
 
@@ -432,35 +453,7 @@ def prune_learner_checkpoints(run_dir: Path) -> None:
             shutil.rmtree(tag_dir, ignore_errors=True)
 
 
-def log_sweep(tracker: Tracker, result: SweepResult, step: int) -> None:
-    """Sweep table as MLflow metrics + a parquet artifact."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    # _once: a driver killed after the last checkpoint sweeps the same model again on --resume.
-    for i, row in enumerate(result.rows()):
-        tracker.log_metrics_once({f"sweep/{k}": v for k, v in row.items() if k.startswith("r_")}, i)
-    for name, r in zip(result.objective_names, result.base_rewards):
-        tracker.log_metrics_once({f"sweep/base_r_{name}": float(r)}, step)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "sweep.parquet"
-        pq.write_table(pa.Table.from_pylist(result.rows()), path)
-        tracker.log_artifact(path, "eval")
-
-
-def print_sweep(result: SweepResult) -> None:
-    table = Table(title="mean reward per swept preference (EMA model)")
-    for n in result.objective_names:
-        table.add_column(f"w:{n}", justify="right")
-    for n in result.objective_names:
-        table.add_column(f"r:{n}", justify="right")
-    for w, r in zip(result.preferences, result.rewards):
-        table.add_row(*[f"{x:.2f}" for x in w], *[f"{x:.3f}" for x in r])
-    table.add_row(*["base"] * len(result.objective_names), *[f"{x:.3f}" for x in result.base_rewards])
-    console.print(table)
-
-
-def train(cfg: Config, resume: bool = False, progress: bool = True) -> SweepResult | None:
+def train(cfg: Config, resume: bool = False, progress: bool = True) -> Sweep | None:
     """Run one training job end to end (pre-training the base if needed); ``None`` when simulating."""
     trainer = Trainer(cfg, resume=resume, progress=progress)
     try:

@@ -119,3 +119,10 @@ def rollout_groups(policy: Policy, groups: list[GroupSpec], group_size: int, sam
     batch.conditions = None if cond is None else cond.to("cpu")
     batch.sample_seconds = time.perf_counter() - start
     return batch
+
+
+def rollout_sweep(policy: Policy, points: list[list[GroupSpec]], per_group: int, sampler: SamplerConfig,
+                  device: torch.device | str = "cpu", reference: bool = False) -> list[RolloutBatch]:
+    """One :func:`rollout_groups` call per sweep point (a point's groups share its ``w``), so a point's
+    samples do not depend on which other points were sampled with it. ``reference``: the base model."""
+    return [rollout_groups(policy, groups, per_group, sampler, -1, device, reference) for groups in points]

@@ -83,8 +83,9 @@ def tiny_cfg(tmp_path, base, **loop) -> Config:
         "model": TINY_MODEL,
         "pretrain": {"checkpoint": str(base)},
         "rollout": {"prompts_per_step": 2, "group_size": 4, "sampler": {"num_steps": 3}},
-        "preferences": {"slots_per_prompt": 2, "sweep_points": 3},
-        "loop": {"steps": 6, "checkpoint_every": 3, "scatter_every": 3, "eval_samples": 16, **loop},
+        "preferences": {"slots_per_prompt": 2},
+        "loop": {"steps": 6, "checkpoint_every": 3, "scatter_every": 3, **loop},
+        "evaluation": {"points_per_edge": 3, "num_samples": 16},
         "tracking": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
     }
     return Config.model_validate(overrides)

@@ -222,6 +222,7 @@ def test_artifacts_tags_and_end_status(store, workdir):
             tracker.log_figure(fig, "plots/front_step_10.png")
             assert not plt.fignum_exists(fig.number)
             tracker.log_table({"w_a": [0.0, 1.0], "hv": [0.1, 0.2]}, "tables/front.json")
+            tracker.log_table({"w_a": [0.5], "hv": [9.0]}, "tables/front.json")  # a resume's second sweep: kept out
             (workdir / "front.parquet").write_bytes(b"PAR1")
             tracker.log_artifact(workdir / "front.parquet", "fronts")
             (workdir / "samples").mkdir()

@@ -5,8 +5,8 @@
 
 ``--kill-after-step N``: right after step N's metrics are staged (between checkpoints, when N is not
 a checkpoint step); ``--kill-before-commit``: after the first checkpoint this attempt writes, before
-its metrics are committed to MLflow; ``--kill-in-sweep``: in the final sweep, after its metrics are
-logged. Every staged step also gets the metric ``probe/attempt`` and is
+its metrics are committed to MLflow; ``--kill-in-sweep``: in the final sweep, after its metrics and
+table are logged. Every staged step also gets the metric ``probe/attempt`` and is
 appended to RECORD_JSONL, so a test knows what each attempt computed without asking MLflow.
 """
 
@@ -50,7 +50,7 @@ def main() -> None:
 
     Tracker.stage_metrics, Tracker.commit_metrics = staged, committed
     if args.kill_in_sweep:
-        train_mod.print_sweep = lambda result: os.kill(os.getpid(), signal.SIGKILL)
+        train_mod.print_front = lambda *args: os.kill(os.getpid(), signal.SIGKILL)
     train_mod.train(cfg, resume=args.attempt > 1, progress=False)
 
 

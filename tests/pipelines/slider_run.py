@@ -23,9 +23,10 @@ def slider_cfg(root: Path) -> Config:
         "name": "toy2d-slider", "run_dir": str(root / "run"), "model": TINY_MODEL,
         "pretrain": {"checkpoint": str(root / "base.pt"), "steps": 300, "batch_size": 256, "lr": 3e-3},
         "rollout": {"prompts_per_step": 2, "group_size": 8, "sampler": {"num_steps": 4}},
-        "preferences": {"slots_per_prompt": 3, "sweep_points": 3},
+        "preferences": {"slots_per_prompt": 3},
         "learner": {"lr": 3e-3},
-        "loop": {"steps": 40, "checkpoint_every": 20, "scatter_every": 1000, "eval_samples": 16},
+        "loop": {"steps": 40, "checkpoint_every": 20, "scatter_every": 1000},
+        "evaluation": {"points_per_edge": 3, "num_samples": 16},
         "tracking": {"tracking_uri": f"sqlite:///{root / 'mlflow.db'}"},
         "registry": {"model_name": MODEL_NAME},
     })

@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from conftest import TINY_MODEL
 from infra.config import Config
 from pipelines.compare import markdown_table, matched, soup_state, training_runs
-from pipelines.pareto import FrontPoints
+from pipelines.evaluate import FrontPoints
 
 
 def compare_cfg(tmp_path, base, **compare) -> Config:
@@ -22,8 +22,8 @@ def compare_cfg(tmp_path, base, **compare) -> Config:
         "model": TINY_MODEL,
         "pretrain": {"checkpoint": str(base)},
         "rollout": {"prompts_per_step": 2, "group_size": 4, "sampler": {"num_steps": 3}},
-        "preferences": {"slots_per_prompt": 2, "sweep_points": 2},
-        "loop": {"steps": 3, "checkpoint_every": 3, "scatter_every": 3, "eval_samples": 8},
+        "preferences": {"slots_per_prompt": 2},
+        "loop": {"steps": 3, "checkpoint_every": 3, "scatter_every": 3},
         "evaluation": {"points_per_edge": 3, "num_samples": 32},
         "compare": {"results_dir": str(tmp_path / "results"), "fixed_points_per_edge": 3, **compare},
         "tracking": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
@@ -127,7 +127,7 @@ def test_compare_end_to_end_on_local_ray(ray_local, tiny_base, tmp_path):
     assert len(client.search_runs(runs[0].info.experiment_id)) == 5 + 2  # 5 trainings + 2 compare runs
 
     # `evaluate` on the slider, judged by held-out rewards (Gaussian closeness: scores in [0, 1]).
-    from pipelines.compare import evaluate_run
+    from pipelines.evaluate import evaluate_run
 
     held_out = [{"name": "toy2d_target", "label": n, "args": {"target": t, "kind": "gaussian", "scale": 2.0}}
                 for n, t in (("target_a", [4.0, 0.0]), ("target_b", [0.0, 4.0]))]
@@ -139,7 +139,7 @@ def test_compare_end_to_end_on_local_ray(ray_local, tiny_base, tmp_path):
     assert list(front.method) == ["slider"] * 3 + ["base"]
     assert front.r_target_a.between(0, 1).all() and (front.r_target_a > 0).any()
     slider_front = front[front.method == "slider"][["r_target_a", "r_target_b"]].to_numpy()
-    assert len(result["reference_point"]) == 2
-    assert result["hypervolume"] == pytest.approx(hypervolume_2d(slider_front, np.array(result["reference_point"])),
-                                                  rel=1e-9, abs=1e-12)
+    assert len(result.reference_point) == 2
+    assert result.summary["hypervolume"] == pytest.approx(hypervolume_2d(slider_front, result.reference_point),
+                                                          rel=1e-9, abs=1e-12)
     assert (out / "seed0" / "slider" / "eval" / "front.png").exists()

@@ -127,12 +127,14 @@ def test_sigkilled_driver_resumes_with_one_value_per_step(tiny_base, tmp_path):
     assert load_latest_checkpoint(cfg.run_dir)[0] == 6
     assert sorted(m.step for m in client.get_metric_history(run_id, "probe/attempt")) == [1, 2, 3]
     assert attempt(3, "--kill-in-sweep") == -signal.SIGKILL
-    sweep_keys = [k for k in client.get_run(run_id).data.metrics if k.startswith("sweep/")]
-    assert sweep_keys
+    sweep_keys = [k for k in client.get_run(run_id).data.metrics if k.startswith("eval/")]
+    assert "eval/hypervolume" in sweep_keys
+    table = json.loads(Path(client.download_artifacts(run_id, "eval/front.json", str(tmp_path / "a3"))).read_text())
     assert attempt(4) == 0
-    for key in sweep_keys:  # attempt 4 swept the same checkpoint again
-        steps = sorted(m.step for m in client.get_metric_history(run_id, key))
-        assert steps == ([8] if key.startswith("sweep/base_r_") else [0, 1, 2]), key
+    for key in sweep_keys:  # attempt 4 swept the same checkpoint again: the summary stays one value at step 8
+        assert [m.step for m in client.get_metric_history(run_id, key)] == [8], key
+    again = json.loads(Path(client.download_artifacts(run_id, "eval/front.json", str(tmp_path / "a4"))).read_text())
+    assert again == table and len(table["data"]) == cfg.evaluation.points_per_edge + 1  # not appended to
 
     records = [json.loads(line) for line in record.read_text().splitlines()]
     trained = sorted((r["step"], r["attempt"]) for r in records)

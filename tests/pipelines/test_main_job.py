@@ -16,7 +16,7 @@ def test_toy2d_preset_learns_a_slider(ray_local, tmp_path):
         f"run_dir={tmp_path / 'run'}", f"pretrain.checkpoint={tmp_path / 'base.pt'}",
         f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"])
     result = train(cfg, progress=False)
-    r, base = result.rewards, result.base_rewards
+    r, base = result.points.mean, result.base.mean[0]
     e2, e1 = r[0], r[-1]  # the sweep is ordered by w1: first row w = e_2, last row w = e_1
     margin = 0.25 * (np.abs(base).mean())
     assert e1[0] > base[0] + margin and e2[1] > base[1] + margin  # each corner beats the base on its own reward

@@ -28,7 +28,7 @@ def test_shapes_edit_pretrain_then_train_logs_the_slider_grid(ray_local, tmp_pat
         f"run_dir={tmp_path / 'run'}", f"pretrain.checkpoint={tmp_path / 'base'}",
         f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
         "pretrain.vae_steps=20", "pretrain.steps=30", "pretrain.dataset_size=64", "pretrain.eval_samples=8",
-        "loop.steps=2", "loop.checkpoint_every=2", "loop.eval_samples=8", "data.eval_prompts=2",
+        "loop.steps=2", "loop.checkpoint_every=2", "evaluation.num_samples=8", "data.eval_prompts=2",
         "rollout.prompts_per_step=2", "rollout.group_size=4", "rollout.sampler.num_steps=3"])
     result = train(cfg, progress=False)
     metrics = json.loads((tmp_path / "base" / "pretrain_metrics.json").read_text())
@@ -47,15 +47,15 @@ def test_shapes_edit_pretrain_then_train_logs_the_slider_grid(ray_local, tmp_pat
     assert abs(metrics["cfg1/kept_unasked"] * unasked - round(metrics["cfg1/kept_unasked"] * unasked)) < 1e-9
     assert metrics["ssim_target_to_source"] == pytest.approx(float(ssim(targets, sources).mean()), abs=1e-12)
     assert metrics["ssim_target_to_source"] < 1  # every edit changes something
-    assert result.rewards.shape == (5, 2) and np.isfinite(result.rewards).all()
-    assert result.samples[0].shape == (8, 3, 32, 32)  # the reward layout, channels first
+    assert result.points.mean.shape == (5, 2) and np.isfinite(result.points.mean).all()
+    assert result.batches[0].reward_samples().shape == (8, 3, 32, 32)  # the reward layout, channels first
 
     step, blob = load_latest_checkpoint(cfg.run_dir)
     assert step == 2 and blob["loop"]["base"] == str(tmp_path / "base")
     assert all("lora_" in k or ".pref." in k for k in blob["weights"]["trainable"])
     client = MlflowClient(cfg.tracking.tracking_uri)
     run_id = blob["loop"]["mlflow_run_id"]
-    assert {"eval/sweep.parquet", "eval/sweep_grid.png"} <= {a.path for a in client.list_artifacts(run_id, "eval")}
+    assert {"eval/front.json", "eval/front.png", "eval/sweep_grid.png"} <= {a.path for a in client.list_artifacts(run_id, "eval")}
     assert "reward/fidelity" in client.get_run(run_id).data.metrics
 
     # Training ends by registering the editing slider; the registered model edits a source image.

@@ -16,7 +16,7 @@ def test_short_train_logs_everything(ray_local, tiny_base, tmp_path):
 
     cfg = tiny_cfg(tmp_path, tiny_base)
     result = train(cfg, progress=False)
-    assert result.rewards.shape == (3, 2) and np.isfinite(result.rewards).all()
+    assert result.points.mean.shape == (3, 2) and np.isfinite(result.points.mean).all()
     step, blob = load_latest_checkpoint(cfg.run_dir)
     assert step == 6 and blob["loop"]["version"] == 6
     assert [tuple(x) for x in blob["loop"]["consumed"].tolist()] == all_group_ids(cfg, 6)
@@ -29,7 +29,7 @@ def test_short_train_logs_everything(ray_local, tiny_base, tmp_path):
     history = client.get_metric_history(run.info.run_id, "reward/target_a")
     assert sorted(m.step for m in history) == list(range(1, 7))
     for key in ("loss/policy", "loss/kl", "loop/staleness", "loop/samples_per_s", "time/train_s",
-                "sweep/r_target_b", "reward_std/target_a", "reward_max/target_b", "reward_latency_s/target_b"):
+                "eval/hypervolume", "eval/best_sample_hv", "eval/monotonicity_target_a", "reward_std/target_a", "reward_max/target_b", "reward_latency_s/target_b"):
         assert key in run.data.metrics, key
     assert any(k.startswith("reward_by_pref/target_a/") for k in run.data.metrics)
     assert run.data.metrics["reward_min/target_a"] <= run.data.metrics["reward/target_a"]
@@ -91,3 +91,66 @@ def test_bad_override_fails_before_anything_starts(tmp_path):
         load_config(None, ["algorithm.objective=grpo"])
     with pytest.raises(ConfigError, match="unknown key"):
         load_config(None, ["loop.stepz=3"])
+    # The sweep's knobs live in `evaluation` alone; the old copies name their replacement.
+    for old, new in (("preferences.sweep_points", "evaluation.points_per_edge"),
+                     ("loop.eval_samples", "evaluation.num_samples")):
+        with pytest.raises(ConfigError, match=rf"{old}: removed; set {new} instead"):
+            load_config(None, [f"{old}=5"])
+    with pytest.raises(ConfigError, match=r"evaluation\.every \(3\) must be a multiple of loop\.checkpoint_every \(2\)"):
+        load_config(None, ["evaluation.every=3", "loop.checkpoint_every=2"])
+
+
+def test_sweeps_run_on_the_actors_and_match_evaluate(ray_local, tiny_base, tmp_path, monkeypatch):
+    """The driver loads no model for its sweeps (one mid-run, `evaluation.every`, and the final one);
+    `paretoslider evaluate` of the checkpoint, which samples in process from the same noise, gives the
+    same front; MLflow holds each sweep as a table, a Pareto plot and summary metrics at its step."""
+    import json
+    from pathlib import Path
+
+    import policies.policy
+    from pipelines.evaluate import evaluate_run
+    from pipelines.train import train
+    from scipy.stats import spearmanr
+    from test_compare import hypervolume_2d
+
+    cfg = tiny_cfg(tmp_path, tiny_base, steps=4, checkpoint_every=2)
+    cfg.evaluation.every = 2
+    cfg.rollout.num_actors = 2  # the sweep's 3 points are split 2 + 1 over the actors
+    cfg.registry.register_on_finish = False  # registration loads the base in the driver (a separate item)
+
+    def no_model_here(*args, **kwargs):
+        raise AssertionError("the driver loaded a model")
+
+    monkeypatch.setattr(policies.policy, "load_base", no_model_here)  # every build_policy goes through it
+    result = train(cfg, progress=False)
+    monkeypatch.undo()
+
+    evaluated = evaluate_run(cfg, cfg.run_dir, progress=False)
+    # Bit-identical on one CPU thread per process (measured); the tolerance admits other thread counts.
+    for mine, theirs in ((result.points, evaluated.points), (result.base, evaluated.base)):
+        np.testing.assert_allclose(mine.mean, theirs.mean, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(mine.half_width, theirs.half_width, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(result.reference_point, evaluated.reference_point, rtol=1e-5, atol=1e-6)
+
+    _, blob = load_latest_checkpoint(cfg.run_dir)
+    run_id = blob["loop"]["mlflow_run_id"]
+    client = MlflowClient(cfg.tracking.tracking_uri)
+    assert {"eval/front.json", "eval/front.png", "eval/front.parquet", "eval/step_000002"} <= {
+        a.path for a in client.list_artifacts(run_id, "eval")}
+    assert {"eval/step_000002/front.json", "eval/step_000002/front.png"} <= {
+        a.path for a in client.list_artifacts(run_id, "eval/step_000002")}
+    table = json.loads(Path(client.download_artifacts(run_id, "eval/front.json", str(tmp_path))).read_text())
+    rows = [dict(zip(table["columns"], r)) for r in table["data"]]
+    assert [r["method"] for r in rows] == ["slider"] * 3 + ["base"]
+    front = np.array([[r["r_target_a"], r["r_target_b"]] for r in rows[:3]])
+    np.testing.assert_allclose(front, result.points.mean, rtol=1e-9)  # the JSON keeps 10 digits
+    ref = np.array(json.loads(client.get_run(run_id).data.tags["paretoslider.reference_point"]))
+    metrics = {k: client.get_metric_history(run_id, k) for k in ("eval/hypervolume", "eval/monotonicity_target_a")}
+    assert all(sorted(m.step for m in h) == [2, 4] for h in metrics.values())  # the mid-run and the final sweep
+    metrics = {k: max(h, key=lambda m: m.step) for k, h in metrics.items()}
+    # The tag keeps the reference point to 6 decimals: an area moves by < 1e-5 here.
+    assert metrics["eval/hypervolume"].value == pytest.approx(hypervolume_2d(front, ref), abs=1e-5)
+    w = np.array([[r["w_target_a"], r["w_target_b"]] for r in rows[:3]])
+    assert metrics["eval/monotonicity_target_a"].value == pytest.approx(
+        spearmanr(w[:, 0], front[:, 0]).statistic, nan_ok=True)
+    assert not any(k.startswith("sweep/") for k in client.get_run(run_id).data.metrics)
