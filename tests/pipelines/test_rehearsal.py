@@ -77,8 +77,7 @@ def rehearsal_config(twins: dict[str, str], root: Path, address: str) -> Config:
     tree["rollout"].update(prompts_per_step=2, group_size=4, sampler={**tree["rollout"]["sampler"], "num_steps": 6})
     tree["algorithm"]["train_timesteps"] = 5
     tree["learner"].update(world_size=2, backend="gloo", micro_batch_size=8, lr=3e-3)
-    tree["preferences"]["sweep_points"] = 3
-    tree["loop"].update(steps=STEPS, checkpoint_every=2, scatter_every=STEPS, eval_samples=4)
+    tree["loop"].update(steps=STEPS, checkpoint_every=2, scatter_every=STEPS)
     tree["evaluation"].update(points_per_edge=3, num_samples=4)
     tree["cluster"]["ready_timeout_s"] = 120
     cfg = Config.model_validate(tree)
@@ -111,7 +110,7 @@ def test_sd35_preset_rehearsal_trains_registers_and_survives_failures(gpu_cluste
     for name in ("realism", "watercolor"):  # both reward servers scored every step, and the scores moved
         history = [m.value for m in client.get_metric_history(run.info.run_id, f"reward/{name}")]
         assert len(history) == STEPS and len(set(history)) > 1, (name, history)
-    assert result.rewards.shape == (3, 2) and torch.isfinite(torch.as_tensor(result.rewards)).all()
+    assert result.points.mean.shape == (3, 2) and torch.isfinite(torch.as_tensor(result.points.mean)).all()
 
     # 2. A rollout actor dies mid-run (its step-3 rollout in flight): Ray restarts it, the collective group
     # re-forms, and every group is trained exactly once.
