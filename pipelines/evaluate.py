@@ -26,7 +26,7 @@ from pipelines.plots import front_plot, sweep_grid
 from pipelines.pretrain import ensure_base
 from policies.batch import GroupSpec, RolloutBatch, concat_batches
 from policies.fronts import (hypervolume, mean_interval, nearest_distance, non_dominated, reference_point,
-                             sample_hypervolume, slider_monotonicity)
+                             sample_hypervolume, slider_max_jump, slider_monotonicity)
 from policies.policy import Policy, build_policy
 from policies.preferences import simplex_grid
 from policies.prompts import prompt_set
@@ -172,7 +172,11 @@ def shared_reference(cfg: Config, base: BaseEval) -> np.ndarray:
 
 
 def front_summary(points: FrontPoints, ref: np.ndarray, names: list[str]) -> dict:
-    """Hypervolume, front size, best per-sample HV, slider monotonicity and drift of one method.
+    """Hypervolume, front size, best per-sample HV, slider monotonicity, controllability and drift of one method.
+
+    Controllability: ``max_jump_<m>``, the largest change of objective ``m``'s mean between adjacent sweep
+    points as a share of its range over the sweep (a switch scores 1 however high its hypervolume),
+    and ``max_jump``, the worst over objectives.
 
     Best per-sample HV: the largest ``sample_hypervolume`` of any one point — the best compromise a
     single setting delivers sample by sample; unlike a mean over points, a denser sweep cannot raise it.
@@ -184,6 +188,9 @@ def front_summary(points: FrontPoints, ref: np.ndarray, names: list[str]) -> dic
     swept = len(points.mean) > 2 and np.isfinite(points.preferences).all()
     mono = slider_monotonicity(points.preferences, points.mean) if swept else np.full(len(names), np.nan)
     out.update({f"monotonicity_{n}": float(x) for n, x in zip(names, mono)})
+    jump = slider_max_jump(points.preferences, points.mean) if swept else np.full(len(names), np.nan)
+    out.update({f"max_jump_{n}": float(x) for n, x in zip(names, jump)})
+    out["max_jump"] = float(np.nanmax(jump)) if np.isfinite(jump).any() else float("nan")
     return out
 
 
