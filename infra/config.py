@@ -410,6 +410,12 @@ class TrackingConfig(Strict):
     """None: ``$MLFLOW_TRACKING_URI`` or ``sqlite:///mlflow.db`` in the working directory."""
     experiment: str = "paretoslider"
     run_name: str | None = None
+    system_metrics: bool = True
+    """Log CPU, memory and, where one exists, GPU figures of the driver, each learner rank, rollout actor
+    and reward replica into the run as ``system/<role>/...`` (MLflow's system-metrics monitor: one
+    thread per process and one small ``log_batch`` per sample, cheap at the default interval)."""
+    system_metrics_interval_s: float = Field(10.0, gt=0)
+    """Seconds between two system-metrics samples of each role."""
 
 
 class RayConfig(Strict):
