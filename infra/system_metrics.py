@@ -52,7 +52,7 @@ def role_key(role: str) -> str:
 
 class ProcessMonitor(BaseMetricsMonitor):
     """This process's CPU and resident memory: MLflow's ``CPUMonitor`` measures the whole node,
-    the same for every role placed on it."""
+    the same for every role placed on it (MLflow has no per-process monitor yet: mlflow/mlflow#19810)."""
 
     def __init__(self) -> None:
         super().__init__()
