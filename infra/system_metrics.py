@@ -2,10 +2,13 @@
 
 Each process (the driver, every learner rank, rollout actor and reward replica) runs MLflow's own
 ``SystemMetricsMonitor`` with its role as the node id, so its series are ``system/<role>/<name>``:
-MLflow's node-wide CPU, memory, disk and network figures (and ``gpu_<i>_*`` where NVML finds a GPU;
-absent on a CPU machine), plus this process's own ``process_cpu_utilization_percentage`` (CPU time
-over wall time, up to 100 x cores) and ``process_memory_rss_megabytes``, which tell apart the roles
-that share a node.
+MLflow's node-wide CPU, memory, disk and network figures (and ``gpu_<i>_*`` where NVML finds a GPU,
+absent on a CPU machine: every GPU of the node as NVML numbers them, whichever the role was given),
+plus this process's own ``process_cpu_utilization_percentage`` (CPU time over wall time, up to
+100 x cores) and ``process_memory_rss_megabytes``, which tell apart the roles that share a node.
+
+Each role also tags the run with where it runs, ``system/<role>/node`` = ``<hostname> gpus=<its
+CUDA_VISIBLE_DEVICES>``, so the series group by node.
 
 Workers open no run of their own: the driver hands them a :class:`SystemMetricsTarget` (its run id
 and resolved tracking URI) in their constructors, so an actor Ray restarts, or a Serve replica that
@@ -20,13 +23,16 @@ the samples of a crashed attempt measured time that really passed, so they belon
 from __future__ import annotations
 
 import logging
+import os
 import re
+import socket
 import time
 from dataclasses import dataclass
 
 import psutil
 
-import infra.tracking  # noqa: F401 - switches MLflow's telemetry off before mlflow's first import
+from infra.tracking import _sqlite_path  # first: it switches MLflow's telemetry off before mlflow is imported
+from mlflow.exceptions import MlflowException
 from mlflow.system_metrics.metrics.base_metrics_monitor import BaseMetricsMonitor
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
@@ -87,6 +93,10 @@ class RoleSystemMetrics(SystemMetricsMonitor):
         self.sampling_interval = target.interval_s
         self.samples_before_logging = 1
         self.monitors.append(ProcessMonitor())
+        # Ray sets CUDA_VISIBLE_DEVICES for every actor ("" without GPUs); unset, the process sees them all.
+        gpus = os.environ.get("CUDA_VISIBLE_DEVICES")
+        where = f"{socket.gethostname()} gpus={'all' if gpus is None else gpus or 'none'}"
+        self.mlflow_logger.client.set_tag(target.run_id, f"system/{self.node_id}/node", where)
 
     def finish(self) -> None:
         """Stop the thread and log the sample it took at the start of its last interval, so a role
@@ -103,9 +113,21 @@ class RoleSystemMetrics(SystemMetricsMonitor):
 
 
 def start_system_metrics(target: SystemMetricsTarget | None, role: str) -> RoleSystemMetrics | None:
-    """Start monitoring this process as ``role`` (None: system metrics are off)."""
+    """Start monitoring this process as ``role`` (None: system metrics are off, or the run's store is
+    out of this process's reach, which costs a warning, not the worker)."""
     if target is None:
         return None
-    monitor = RoleSystemMetrics(target, role)
+    db = _sqlite_path(target.tracking_uri)
+    if db is not None and not db.exists():
+        # A worker on another node than the driver's SQLite file; MLflow would create an empty database here.
+        logger.warning("no system metrics for %s: the run's SQLite store %s is not on this node (%s); a multi-node "
+                       "job needs an MLflow server (tracking.tracking_uri)", role, db, socket.gethostname())
+        return None
+    try:
+        monitor = RoleSystemMetrics(target, role)
+    except MlflowException as err:
+        logger.warning("no system metrics for %s: run %s is out of reach at %s (%s)", role, target.run_id,
+                       target.tracking_uri, err.message)
+        return None
     monitor.start()
     return monitor

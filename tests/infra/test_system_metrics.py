@@ -66,3 +66,22 @@ def test_a_role_shorter_than_one_interval_reports_once_and_a_restart_continues_t
     again = role_series(tracker.client, tracker.run_id, "rollout_0")["process_memory_rss_megabytes"]
     assert sorted(m.step for m in again) == [0, 1]
 
+
+
+def test_a_worker_off_the_drivers_sqlite_node_runs_without_system_metrics(tmp_path, caplog):
+    # What a rollout actor on a second node sees: the driver's database path does not exist there.
+    missing = tmp_path / "driver-node" / "mlflow.db"
+    target = SystemMetricsTarget("0" * 32, f"sqlite:///{missing}", 1.0)
+    assert start_system_metrics(target, "rollout_3") is None
+    assert not missing.parent.exists()  # no stray empty database on the worker's node
+    assert "rollout_3" in caplog.text and "MLflow server" in caplog.text
+
+
+def test_role_tags_the_run_with_its_host(tmp_path, monkeypatch):
+    import socket
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # as Ray sets it for an actor without GPUs
+    tracker = Tracker.start(Config.model_validate({"tracking": {"tracking_uri": f"sqlite:///{tmp_path / 'm.db'}"}}))
+    start_system_metrics(SystemMetricsTarget(tracker.run_id, tracker.tracking_uri, 60.0), "learner_1").finish()
+    tracker.end()
+    assert tracker.client.get_run(tracker.run_id).data.tags["system/learner_1/node"] == f"{socket.gethostname()} gpus=none"

@@ -94,6 +94,7 @@ def test_bad_override_fails_before_anything_starts(tmp_path):
 @pytest.mark.parametrize("store,interval_s", [("sqlite", 0.5), ("server", 3600.0)])
 def test_every_role_logs_system_metrics_into_the_run(ray_local, tiny_base, tmp_path, request, store, interval_s):
     import os
+    import socket
 
     import torch
 
@@ -115,6 +116,7 @@ def test_every_role_logs_system_metrics_into_the_run(ray_local, tiny_base, tmp_p
         assert 0 <= system[f"system/{role}/cpu_utilization_percentage"] <= 100
         assert system[f"system/{role}/system_memory_usage_megabytes"] > 0
     assert any("/gpu_" in k for k in system) == torch.cuda.is_available()
+    assert all(run.data.tags[f"system/{role}/node"].startswith(socket.gethostname()) for role in roles)
     samples = {role: client.get_metric_history(run.info.run_id, f"system/{role}/process_memory_rss_megabytes")
                for role in roles}
     if interval_s > 60:
