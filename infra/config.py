@@ -413,7 +413,8 @@ class TrackingConfig(Strict):
     system_metrics: bool = True
     """Log CPU, memory and, where one exists, GPU figures of the driver, each learner rank, rollout actor
     and reward replica into the run as ``system/<role>/...`` (MLflow's system-metrics monitor: one
-    thread per process and one small ``log_batch`` per sample, cheap at the default interval)."""
+    thread per process and one small ``log_batch`` per sample; importing MLflow costs each worker about
+    130 MB and a second at start, small beside a policy copy)."""
     system_metrics_interval_s: float = Field(10.0, gt=0)
     """Seconds between two system-metrics samples of each role."""
 
