@@ -167,6 +167,12 @@ def test_sigkilled_driver_resumes_with_one_value_per_step(tiny_base, tmp_path):
         assert history == [(s, pytest.approx(kept[s, a][key], rel=1e-12, nan_ok=True))
                            for s, a in kept_attempt.items() if key in kept[s, a]], key
     assert client.get_run(run_id).info.status == "FINISHED"
+    # System metrics are logged live, not staged; each attempt continues the sample count, none repeats.
+    system = [k for k in client.get_run(run_id).data.metrics if k.startswith("system/")]
+    assert "system/driver/process_memory_rss_megabytes" in system
+    for key in system:
+        steps = [m.step for m in client.get_metric_history(run_id, key)]
+        assert len(set(steps)) == len(steps), key
 
 
 @register("test_hangs")
