@@ -22,6 +22,7 @@ from actors.weight_sync import CollectiveGroup, state_digest
 from infra.config import Config
 from infra.deepspeed_config import deepspeed_config
 from infra.distributed import destroy_process_group, init_process_group, pick_master_address
+from infra.system_metrics import SystemMetricsTarget, start_system_metrics
 from policies.objectives import ema_decay, ema_update, old_policy_decay
 from policies.policy import build_policy
 from policies.train_step import TrainShard, micro_loss
@@ -30,10 +31,12 @@ from policies.train_step import TrainShard, micro_loss
 class LearnerWorker:
     """One learner rank (the body of the Ray actor)."""
 
-    def __init__(self, cfg_json: str, base_checkpoint: str, rank: int, world_size: int):
+    def __init__(self, cfg_json: str, base_checkpoint: str, rank: int, world_size: int,
+                 system_metrics: SystemMetricsTarget | None = None):
         self.cfg = Config.model_validate_json(cfg_json)
         self.base_checkpoint = base_checkpoint
         self.rank, self.world_size = rank, world_size
+        self.system_metrics = start_system_metrics(system_metrics, f"learner_{rank}")
         torch.set_num_threads(max(1, int(os.environ.get("PARETOSLIDER_LEARNER_THREADS", "1"))))
 
     def master_endpoint(self) -> tuple[str, int]:
@@ -164,6 +167,8 @@ class LearnerWorker:
         return ray.get_runtime_context().get_node_id()
 
     def shutdown(self) -> None:
+        if self.system_metrics is not None:
+            self.system_metrics.finish()
         destroy_process_group()
 
 
@@ -177,13 +182,14 @@ class LearnerDiedError(RuntimeError):
 class LearnerGroup:
     """All learner ranks, driven as one by the single controller."""
 
-    def __init__(self, cfg: Config, base_checkpoint: str, actor_options: list[dict] | None = None):
+    def __init__(self, cfg: Config, base_checkpoint: str, actor_options: list[dict] | None = None,
+                 system_metrics: SystemMetricsTarget | None = None):
         self.cfg = cfg
         n = cfg.learner.world_size
         opts = actor_options or [{"num_cpus": cfg.learner.num_cpus_per_worker,
                                   "num_gpus": cfg.learner.num_gpus_per_worker}] * n
         cfg_json = cfg.model_dump_json()
-        self.workers = [LearnerActor.options(**opts[r]).remote(cfg_json, base_checkpoint, r, n)
+        self.workers = [LearnerActor.options(**opts[r]).remote(cfg_json, base_checkpoint, r, n, system_metrics)
                         for r in range(n)]
         addr, port = ray.get(self.workers[0].master_endpoint.remote())
         ray.get([w.setup.remote(addr, port) for w in self.workers])

@@ -17,6 +17,7 @@ import torch
 
 from actors.weight_sync import CollectiveGroup, WeightHandle, fetch_weights, state_digest
 from infra.config import Config, SamplerConfig
+from infra.system_metrics import SystemMetricsTarget, start_system_metrics
 from policies.batch import GroupSpec, RolloutBatch
 from policies.policy import build_policy
 from policies.rollout import rollout_groups, rollout_sweep
@@ -29,8 +30,10 @@ class WeightsBehindError(RuntimeError):
 class RolloutWorker:
     """The actor's body (also usable in-process, which the tests and benchmarks do)."""
 
-    def __init__(self, cfg_json: str, base_checkpoint: str, actor_index: int = 0):
+    def __init__(self, cfg_json: str, base_checkpoint: str, actor_index: int = 0,
+                 system_metrics: SystemMetricsTarget | None = None):
         self.cfg = Config.model_validate_json(cfg_json)
+        self.system_metrics = start_system_metrics(system_metrics, f"rollout_{actor_index}")
         torch.set_num_threads(max(1, int(os.environ.get("PARETOSLIDER_ROLLOUT_THREADS", "1"))))
         # Ray sets CUDA_VISIBLE_DEVICES for an actor given num_gpus, so its GPU is cuda:0.
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -164,6 +167,11 @@ class RolloutWorker:
 
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
+
+    def shutdown(self) -> None:
+        """Stop the system-metrics monitor (logging its last sample) before the driver kills the actor."""
+        if self.system_metrics is not None:
+            self.system_metrics.finish()
 
 
 # Weight receives run in their own thread ("weights" group) so a broadcast never waits for a rollout.

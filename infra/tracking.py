@@ -45,6 +45,8 @@ if _MLFLOW_PRELOADED:
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from infra.system_metrics import RoleSystemMetrics, SystemMetricsTarget
+
 logger = logging.getLogger(__name__)
 
 END_STATUSES = ("FINISHED", "FAILED", "KILLED")
@@ -93,11 +95,15 @@ class Tracker:
     def __init__(self, client: MlflowClient, run_id: str, resumed: bool, resume_count: int = 0) -> None:
         self.client = client
         self.run_id = run_id
+        self.tracking_uri = client.tracking_uri
+        """Resolved (an absolute SQLite path): what a worker on another node must use."""
         self.resumed = resumed
         """True if :meth:`start` continued an existing run instead of creating one."""
         self.resume_count = resume_count
         self.staged: list[StagedMetric] = []
         """Metrics of steps no checkpoint holds yet (see :meth:`stage_metrics`)."""
+        self.system_metrics: RoleSystemMetrics | None = None
+        """This process's system-metrics monitor (:meth:`monitor_system`), stopped by :meth:`end`."""
 
     @classmethod
     def start(cls, cfg: Config, run_id: str | None = None) -> Tracker:
@@ -158,6 +164,15 @@ class Tracker:
         client.log_text(run_id, dump_config(cfg), f"config_resume_{count}.yaml")
         logger.info("resumed MLflow run %s at %s (resume %d)", run_id, uri, count)
         return cls(client, run_id, resumed=True, resume_count=count)
+
+    def monitor_system(self, role: str, interval_s: float) -> SystemMetricsTarget:
+        """Log this process's system metrics into the run as ``system/<role>/...`` until :meth:`end`;
+        returns the target that workers pass to ``infra.system_metrics.start_system_metrics``."""
+        from infra.system_metrics import SystemMetricsTarget, start_system_metrics
+
+        target = SystemMetricsTarget(self.run_id, self.tracking_uri, interval_s)
+        self.system_metrics = start_system_metrics(target, role)
+        return target
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         """Log every metric at ``step`` in one ``log_batch`` call (0-d tensors are fine)."""
@@ -237,6 +252,9 @@ class Tracker:
             rows = [{"key": k, "step": step, "value": v, "timestamp": ts} for k, step, v, ts in self.staged]
             self.log_text(json.dumps(rows), f"metrics/uncommitted_{self.resume_count}.json")
             self.staged = []
+        if self.system_metrics is not None:
+            self.system_metrics.finish()  # its last sample lands before the run's end time
+            self.system_metrics = None
         self.client.set_terminated(self.run_id, status)
 
     def __enter__(self) -> Tracker:

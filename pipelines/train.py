@@ -142,22 +142,29 @@ class Trainer:
             raise
 
     def _start(self, restored: tuple[int, dict] | None) -> None:
-        """Take the job's resources: pools first (gang-scheduled, fail fast), then the workers."""
+        """Take the job's resources: the MLflow run, pools (gang-scheduled, fail fast), then the workers.
+
+        The run comes first because every worker logs its system metrics into it from its constructor:
+        an actor Ray restarts, or a Serve replica that replaces another, then monitors again unasked.
+        """
         cfg = self.cfg
+        resumed_run = restored[1]["loop"]["mlflow_run_id"] if restored is not None else ""
+        self.tracker = Tracker.start(cfg, run_id=resumed_run or None)
+        metrics = (self.tracker.monitor_system("driver", cfg.tracking.system_metrics_interval_s)
+                   if cfg.tracking.system_metrics else None)
         self.rollout_pool, self.learner_pool = build_pools(cfg)
-        self.rewards = RewardClient(cfg.rewards)
+        self.rewards = RewardClient(cfg.rewards, system_metrics=metrics)
         self.learner = LearnerGroup(cfg, self.base_checkpoint,
-                                    [self.learner_pool.options(r) for r in range(cfg.learner.world_size)])
+                                    [self.learner_pool.options(r) for r in range(cfg.learner.world_size)], metrics)
         cfg_json = cfg.model_dump_json()
         restarts = cfg.cluster.rollout_max_restarts
         # A restarted actor re-runs its pending calls; each call carries its weight handle.
         self.actors = [RolloutActor.options(**self.rollout_pool.options(i), max_restarts=restarts,
                                             max_task_retries=restarts)
-                       .remote(cfg_json, self.base_checkpoint, i) for i in range(cfg.rollout.num_actors)]
+                       .remote(cfg_json, self.base_checkpoint, i, metrics) for i in range(cfg.rollout.num_actors)]
         self._check_adapters()
         if restored is not None:
             self._restore(*restored)
-        self.tracker = Tracker.start(cfg, run_id=self.state.mlflow_run_id)
         self.state.mlflow_run_id = self.tracker.run_id
         self.tracker.log_missing_metrics(self.restored_metrics)
         if cfg.cluster.weight_sync == "collective":
@@ -436,6 +443,8 @@ class Trainer:
         """Release whatever the job holds (also after a start that failed half-way)."""
         if self.learner is not None:
             self.learner.shutdown()
+        if self.actors:  # each logs its last system-metrics sample; ray.wait: a dead actor raises nothing here
+            ray.wait([a.shutdown.remote() for a in self.actors], num_returns=len(self.actors), timeout=30)
         for a in self.actors:
             ray.kill(a, no_restart=True)
         for client in (self.rewards, self.eval_rewards):

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from infra.config import RewardsConfig
+from infra.system_metrics import SystemMetricsTarget
 from reward_servers.base import RewardInfo, RewardInputs, RewardServerError, checked_scores, score_batch
 from reward_servers.registry import build_reward
 
@@ -60,9 +61,11 @@ class PendingScores:
 
 
 class RewardClient:
-    """Scores batches on every objective of ``cfg``; deploys the Serve app for ``backend="serve"``."""
+    """Scores batches on every objective of ``cfg``; deploys the Serve app for ``backend="serve"`` (whose
+    replicas log their system metrics into ``system_metrics``' run; local rewards are the driver's)."""
 
-    def __init__(self, cfg: RewardsConfig, app_name: str = "rewards"):
+    def __init__(self, cfg: RewardsConfig, app_name: str = "rewards",
+                 system_metrics: SystemMetricsTarget | None = None):
         self.cfg = cfg
         self.app_name = app_name
         self._pool: ThreadPoolExecutor | None = None
@@ -71,7 +74,7 @@ class RewardClient:
 
             from reward_servers.serve_app import shutdown_rewards
 
-            self._router = deploy_rewards(cfg, app_name)
+            self._router = deploy_rewards(cfg, app_name, system_metrics)
             try:
                 self.infos: list[RewardInfo] = self._router.describe.remote().result(timeout_s=cfg.timeout_s)
             except Exception as err:

@@ -31,6 +31,7 @@ from ray.serve.handle import DeploymentHandle
 from ray.serve.schema import DeploymentStatus
 
 from infra.config import RewardSpec, RewardsConfig
+from infra.system_metrics import SystemMetricsTarget, start_system_metrics
 from reward_servers.base import RewardInfo, RewardInputs, RewardServerError, checked_scores, score_batch
 from reward_servers.codecs import decode_batch, decode_scores, encode_batch, encode_scores
 from reward_servers.registry import RewardFactory, build_reward, reward_factory
@@ -52,8 +53,12 @@ class RewardDeployment:
     """One objective: builds its reward once per replica and scores batched requests."""
 
     def __init__(self, spec: dict[str, Any], factory: RewardFactory, max_batch_size: int,
-                 batch_wait_timeout_s: float):
+                 batch_wait_timeout_s: float, system_metrics: SystemMetricsTarget | None = None):
         reward_spec = RewardSpec.model_validate(spec)
+        # The replica's rank (0..num_replicas-1), not its random id: a replica that replaces a dead one
+        # takes over its rank, so the series stays one per configured replica.
+        rank = serve.get_replica_context().rank.rank
+        self.system_metrics = start_system_metrics(system_metrics, f"reward_{reward_spec.display}_{rank}")
         self.reward = build_reward(reward_spec, factory)
         self.info = RewardInfo.of(self.reward, reward_spec.display)
         self._score_batch.set_max_batch_size(max_batch_size)
@@ -75,6 +80,11 @@ class RewardDeployment:
 
     def describe(self) -> RewardInfo:
         return self.info
+
+    def __del__(self) -> None:
+        # Serve calls __del__ when it stops a replica gracefully (serve.delete, scale-down).
+        if getattr(self, "system_metrics", None) is not None:
+            self.system_metrics.finish()
 
     def batch_sizes(self) -> list[int]:
         """Requests merged into each batch this replica scored, oldest first."""
@@ -248,8 +258,9 @@ async def describe_remote(spec: RewardSpec, timeout_s: float) -> RewardInfo:
 QUIET_LOGS = {"enable_access_log": False, "log_level": "WARNING"}
 
 
-def build_app(cfg: RewardsConfig) -> serve.Application:
-    """The router bound to one deployment per objective, with the config's resources and batching."""
+def build_app(cfg: RewardsConfig, system_metrics: SystemMetricsTarget | None = None) -> serve.Application:
+    """The router bound to one deployment per objective, with the config's resources and batching;
+    with ``system_metrics`` each replica logs its system metrics into that run."""
     objectives = []
     for spec in cfg.objectives:
         if spec.url is not None:
@@ -268,7 +279,8 @@ def build_app(cfg: RewardsConfig) -> serve.Application:
                                    "num_gpus": cfg.num_gpus if spec.num_gpus is None else spec.num_gpus,
                                    "resources": dict(cfg.resources)},
                 logging_config=QUIET_LOGS,
-            ).bind(spec.model_dump(), factory, min(cfg.max_batch_size, ongoing), cfg.batch_wait_timeout_s)
+            ).bind(spec.model_dump(), factory, min(cfg.max_batch_size, ongoing), cfg.batch_wait_timeout_s,
+                   system_metrics)
         )
     return RewardRouter.options(
         name=ROUTER_NAME,
@@ -294,13 +306,14 @@ def start_serve() -> None:
         serve.start(http_options={"host": "127.0.0.1", "port": 0})
 
 
-def deploy_rewards(cfg: RewardsConfig, app_name: str = "rewards") -> DeploymentHandle:
+def deploy_rewards(cfg: RewardsConfig, app_name: str = "rewards",
+                   system_metrics: SystemMetricsTarget | None = None) -> DeploymentHandle:
     """Deploy (or update) the reward app and return the router's handle once every replica is up.
 
     A reward whose constructor fails (bad args, a model that does not load) fails here with a
     ``RewardServerError`` naming it and quoting its error; the failed app is deleted.
     """
-    app = build_app(cfg)
+    app = build_app(cfg, system_metrics)
     start_serve()
     try:
         return serve.run(app, name=app_name, route_prefix=cfg.route_prefix)

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -49,31 +50,47 @@ def test_killed_rollout_actor_is_restarted_and_its_groups_reissued(ray_local, ti
     """Collective sync: the restarted actor is in no group and holds its initial weights, so its re-run
     rollout is refused, the group re-forms, and the chunk is sampled again with the current weights."""
     cfg = tiny_cfg(tmp_path, tiny_base, steps=6)
+    cfg.tracking.system_metrics = True  # what this test also checks: system metrics across the failure
     cfg.cluster.weight_sync = weight_sync
-    restarted = []
+    cfg.tracking.system_metrics_interval_s = 0.5
+    restarted, killed_at = [], []
     original_close = train_mod.Trainer.close
 
     def close(self):
         restarted.append(ray.get(self.actors[0].was_restarted.remote()))
         original_close(self)
 
+    def kill(trainer):
+        killed_at.append(time.time())
+        ray.kill(trainer.actors[0], no_restart=False)
+
     monkeypatch.setattr(train_mod.Trainer, "close", close)
     # step 3's rollout is in flight on the actor when it dies (max_staleness=1)
-    inject_once(monkeypatch, 2, lambda trainer: ray.kill(trainer.actors[0], no_restart=False))
+    inject_once(monkeypatch, 2, kill)
     train_mod.train(cfg, progress=False)
     assert consumed_ids(cfg) == all_group_ids(cfg, 6)
     assert restarted == [True]
+    # The restarted actor monitors again (its constructor holds the run) and continues the sample count.
+    run_id = load_latest_checkpoint(cfg.run_dir)[1]["loop"]["mlflow_run_id"]
+    history = MlflowClient(cfg.tracking.tracking_uri).get_metric_history(
+        run_id, "system/rollout_0/process_memory_rss_megabytes")
+    steps = [m.step for m in history]
+    assert len(set(steps)) == len(steps)
+    assert max(m.timestamp for m in history) / 1000 > killed_at[0]
 
 
 @pytest.mark.slow
 def test_killed_reward_replica_is_replaced_and_scoring_retried(ray_local, tiny_base, tmp_path, monkeypatch):
     cfg = tiny_cfg(tmp_path, tiny_base, steps=5)
+    cfg.tracking.system_metrics = True  # what this test also checks: system metrics across the failure
     cfg.rewards.retries = 4
+    killed_at = []
 
     def kill_replica(trainer):
         replicas = [a for a in ray.util.list_named_actors(all_namespaces=True)
                     if a["name"].startswith("SERVE_REPLICA::rewards#reward-target_a#")]
         assert replicas, "no reward replica found"
+        killed_at.append(time.time())
         ray.kill(ray.get_actor(replicas[0]["name"], namespace=replicas[0]["namespace"]), no_restart=True)
 
     inject_once(monkeypatch, 2, kill_replica)
@@ -84,6 +101,12 @@ def test_killed_reward_replica_is_replaced_and_scoring_retried(ray_local, tiny_b
     history = client.get_metric_history(blob["loop"]["mlflow_run_id"], "reward/target_a")
     assert sorted(m.step for m in history) == [1, 2, 3, 4, 5]  # every step scored, none twice
     assert all(math.isfinite(m.value) for m in history)
+    # The replacement takes over rank 0, so its system metrics continue the same series.
+    metrics = client.get_run(blob["loop"]["mlflow_run_id"]).data.metrics
+    assert {k.split("/")[1] for k in metrics if k.startswith("system/reward_target_a")} == {"reward_target_a_0"}
+    replica = client.get_metric_history(blob["loop"]["mlflow_run_id"],
+                                        "system/reward_target_a_0/process_memory_rss_megabytes")
+    assert max(m.timestamp for m in replica) / 1000 > killed_at[0]
 
 
 @pytest.mark.slow
@@ -108,6 +131,7 @@ def test_sigkilled_driver_resumes_with_one_value_per_step(tiny_base, tmp_path):
     committing its metrics, attempt 3 in the final sweep, attempt 4 finishes: each step appears once,
     with the kept training's value."""
     cfg = tiny_cfg(tmp_path, tiny_base, steps=8, checkpoint_every=3, scatter_every=100)
+    cfg.tracking.system_metrics = True  # what this test also checks: system metrics across the failure
     config, record = tmp_path / "config.json", tmp_path / "record.jsonl"
     config.write_text(cfg.model_dump_json())
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
@@ -148,6 +172,12 @@ def test_sigkilled_driver_resumes_with_one_value_per_step(tiny_base, tmp_path):
         assert history == [(s, pytest.approx(kept[s, a][key], rel=1e-12, nan_ok=True))
                            for s, a in kept_attempt.items() if key in kept[s, a]], key
     assert client.get_run(run_id).info.status == "FINISHED"
+    # System metrics are logged live, not staged; each attempt continues the sample count, none repeats.
+    system = [k for k in client.get_run(run_id).data.metrics if k.startswith("system/")]
+    assert "system/driver/process_memory_rss_megabytes" in system
+    for key in system:
+        steps = [m.step for m in client.get_metric_history(run_id, key)]
+        assert len(set(steps)) == len(steps), key
 
 
 @register("test_hangs")

@@ -154,3 +154,42 @@ def test_sweeps_run_on_the_actors_and_match_evaluate(ray_local, tiny_base, tmp_p
     assert metrics["eval/monotonicity_target_a"].value == pytest.approx(
         spearmanr(w[:, 0], front[:, 0]).statistic, nan_ok=True)
     assert not any(k.startswith("sweep/") for k in client.get_run(run_id).data.metrics)
+
+
+# SQLite: every process samples twice a second (concurrent writers to one file). Server: the interval
+# outlasts the job, so each role's one sample is the one its monitor logs when the role shuts down.
+@pytest.mark.parametrize("store,interval_s", [("sqlite", 0.5), ("server", 3600.0)])
+def test_every_role_logs_system_metrics_into_the_run(ray_local, tiny_base, tmp_path, request, store, interval_s):
+    import os
+    import socket
+
+    import torch
+
+    from pipelines.train import train
+
+    cfg = tiny_cfg(tmp_path, tiny_base, steps=3)
+    uri = cfg.tracking.tracking_uri if store == "sqlite" else request.getfixturevalue("mlflow_server")
+    cfg.tracking = cfg.tracking.model_copy(update={"tracking_uri": uri, "system_metrics": True,
+                                                   "system_metrics_interval_s": interval_s})
+    train(cfg, progress=False)
+    client = MlflowClient(uri)
+    run = client.get_run(load_latest_checkpoint(cfg.run_dir)[1]["loop"]["mlflow_run_id"])
+    system = {k: v for k, v in run.data.metrics.items() if k.startswith("system/")}
+    roles = {k.split("/")[1] for k in system}
+    # One series per process: the driver, the learner rank, the rollout actor, each objective's replica.
+    assert roles == {"driver", "learner_0", "rollout_0", "reward_target_a_0", "reward_target_b_0"}
+    for role in roles:
+        assert system[f"system/{role}/process_memory_rss_megabytes"] > 10
+        assert 0 <= system[f"system/{role}/process_cpu_utilization_percentage"] <= 100 * os.cpu_count()
+        assert 0 <= system[f"system/{role}/cpu_utilization_percentage"] <= 100
+        assert system[f"system/{role}/system_memory_usage_megabytes"] > 0
+    assert any("/gpu_" in k for k in system) == torch.cuda.is_available()
+    assert all(run.data.tags[f"system/{role}/node"].startswith(socket.gethostname()) for role in roles)
+    samples = {role: client.get_metric_history(run.info.run_id, f"system/{role}/process_memory_rss_megabytes")
+               for role in roles}
+    if interval_s > 60:
+        assert all([m.step for m in h] == [0] for h in samples.values())
+    else:
+        assert len(samples["driver"]) >= 2
+    # Training metrics are unaffected: each step once, as before.
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "reward/target_a")) == [1, 2, 3]
