@@ -3,6 +3,7 @@ the config tree's field docstrings, so the docs cannot drift from the code."""
 
 from __future__ import annotations
 
+import re
 import typing
 
 from pydantic import BaseModel
@@ -22,7 +23,8 @@ def _nested(annotation) -> type[BaseModel] | None:
 
 def _type_name(annotation) -> str:
     text = getattr(annotation, "__name__", None) if not typing.get_args(annotation) else None
-    return text or str(annotation).replace("typing.", "")
+    # Module paths say where a class lives, not what the field takes: infra.config.x.RewardSpec -> RewardSpec.
+    return text or re.sub(r"\b(?:[a-z_]\w*\.)+([A-Za-z_]\w*)", r"\1", str(annotation))
 
 
 def _default(field) -> str:
