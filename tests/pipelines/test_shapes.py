@@ -70,7 +70,7 @@ def test_shapes_edit_pretrain_then_train_logs_the_slider_grid(ray_local, tmp_pat
 def test_shapes_pretrain_shortened_follows_colours_and_backgrounds(tmp_path):
     """600 transformer steps (the preset runs 6,000): colour and background follow the caption well
     above chance (1/6 and 1/3), read on fresh samples by the shapes classifier, with and without
-    guidance. Shapes are not asserted: they need the full pre-train and guidance (README, the shapes world)."""
+    guidance. Shapes are not asserted: they need the full pre-train and guidance (docs/backbones.md, the shapes world)."""
     from pipelines.pretrain_shapes import pretrain_shapes
 
     cfg = load_config("configs/shapes.yaml", [
