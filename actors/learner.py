@@ -11,7 +11,6 @@ of a small step, as the reference avoids by keeping fp32 copies.
 from __future__ import annotations
 
 import math
-import os
 import time
 from pathlib import Path
 
@@ -37,7 +36,7 @@ class LearnerWorker:
         self.base_checkpoint = base_checkpoint
         self.rank, self.world_size = rank, world_size
         self.system_metrics = start_system_metrics(system_metrics, f"learner_{rank}")
-        torch.set_num_threads(max(1, int(os.environ.get("PARETOSLIDER_LEARNER_THREADS", "1"))))
+        torch.set_num_threads(self.cfg.learner.num_threads)
 
     def master_endpoint(self) -> tuple[str, int]:
         return pick_master_address()

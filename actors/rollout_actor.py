@@ -7,7 +7,6 @@ an actor's calls one at a time), so a rollout never reads weights that are being
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from contextlib import nullcontext
@@ -34,7 +33,7 @@ class RolloutWorker:
                  system_metrics: SystemMetricsTarget | None = None):
         self.cfg = Config.model_validate_json(cfg_json)
         self.system_metrics = start_system_metrics(system_metrics, f"rollout_{actor_index}")
-        torch.set_num_threads(max(1, int(os.environ.get("PARETOSLIDER_ROLLOUT_THREADS", "1"))))
+        torch.set_num_threads(self.cfg.rollout.num_threads)
         # Ray sets CUDA_VISIBLE_DEVICES for an actor given num_gpus, so its GPU is cuda:0.
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.policy = build_policy(self.cfg.model, self.cfg.num_objectives, base_checkpoint).eval().to(self.device)

@@ -22,7 +22,7 @@ from infra.checkpoint import load_latest_checkpoint
 from infra.config import Config, SamplerConfig
 from infra.ray_init import start_ray
 from infra.tracking import Tracker
-from pipelines.plots import front_plot, sweep_grid
+from pipelines.plots import front_plot, sweep_grid, sweep_strip
 from pipelines.pretrain import ensure_base
 from policies.batch import GroupSpec, RolloutBatch, concat_batches
 from policies.fronts import (hypervolume, mean_interval, nearest_distance, non_dominated, reference_point,
@@ -241,7 +241,8 @@ def sweep_model(sample: SampleFn, cfg: Config, score: Score, method: str = "slid
 
 def log_sweep(tracker: Tracker, sweep: Sweep, cfg: Config, step: int, title: str, folder: str = "eval") -> None:
     """The sweep in MLflow: a table (``<folder>/front.json``, also ``front.parquet``), the Pareto
-    plot (``front.png``), the image grid for image sliders (``sweep_grid.png``), the summary as
+    plot (``front.png``), the image grid for image sliders (``sweep_grid.png``; video sliders also an
+    animated strip of the sweep, ``sweep_strip.webp``), the summary as
     ``eval/*`` metrics at ``step`` (one curve over a run's evals) and the reference point as a tag. Metrics and table are logged once: a resume after a
     crash sweeps the same checkpoint again (files and tags are overwritten with equal content)."""
     import pyarrow as pa
@@ -259,6 +260,14 @@ def log_sweep(tracker: Tracker, sweep: Sweep, cfg: Config, step: int, title: str
                                   title), f"{folder}/front.png")
     if sweep.base_batch.images is not None:
         tracker.log_figure(sweep_grid(sweep, names), f"{folder}/sweep_grid.png")
+    if sweep.base_batch.images is not None and sweep.base_batch.images.dim() == 5:  # video: [B, F, H, W, 3]
+        from pipelines.slider_render import video_webp
+
+        strip = sweep_strip(sweep)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "sweep_strip.webp"
+            path.write_bytes(video_webp(strip, strip.shape[2], strip.shape[1], cfg.model.diffusers.frame_rate))
+            tracker.log_artifact(path, folder)
     tracker.log_metrics_once({f"eval/{k}": v for k, v in sweep.metrics().items()}, step)
 
 

@@ -112,6 +112,13 @@ def sample_figure(batch: RolloutBatch, cfg: Config, title: str) -> plt.Figure:
     return fig
 
 
+def sweep_strip(sweep: Sweep) -> np.ndarray:
+    """A video slider's sweep as one clip: ``[F, H, (P + 1) W, 3]`` uint8, the first evaluation prompt's
+    first sample at every swept ``w`` side by side, the base model last (what an animated strip plays)."""
+    clips = [b.images[0].numpy() for b in sweep.batches] + [sweep.base_batch.images[0].numpy()]
+    return np.concatenate(clips, axis=2)
+
+
 def sweep_grid(sweep: Sweep, names: list[str], rows: int = 4) -> plt.Figure:
     """The same prompt (and source) at every swept ``w``: one row per evaluation prompt, one column
     per preference, the source image first when there is one, the base model last."""

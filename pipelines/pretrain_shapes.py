@@ -33,8 +33,6 @@ from policies.tiny_models import TINY_BUILDERS
 from reward_servers.shapes import ssim
 from reward_servers.shapes_classifier import classifier_readings, load_classifier
 
-EVAL_STEPS = 20
-"""ODE steps used to measure the base."""
 
 
 def shapes_batch(rng: np.random.Generator, n: int, size: int, edit: bool):
@@ -52,7 +50,7 @@ def _bar(n: int, desc: str, progress: bool):
 
 def train_vae(vae, cfg: Config, rng: np.random.Generator, progress: bool) -> None:
     pc, size = cfg.pretrain, cfg.model.tiny.image_size
-    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3)
+    opt = torch.optim.AdamW(vae.parameters(), lr=pc.vae_lr)
     vae.train()
     for i in (bar := _bar(pc.vae_steps, "pretrain vae", progress)):
         _, images, _ = shapes_batch(rng, pc.vae_batch_size, size, edit=False)
@@ -114,7 +112,7 @@ def flow_matching_step(backbone: DiffusersBackbone, data: LatentDataset, idx: np
 
 @torch.no_grad()
 def generate(backbone: DiffusersBackbone, prompts: list[str], sources: np.ndarray | None,
-             gen: torch.Generator, guidance_scale: float = 1.0, batch: int = 64) -> np.ndarray:
+             gen: torch.Generator, guidance_scale: float = 1.0, batch: int = 64, steps: int = 20) -> np.ndarray:
     """Decoded ODE samples for ``prompts`` (and sources), with classifier-free guidance when > 1."""
     out = []
     for a in range(0, len(prompts), batch):
@@ -123,7 +121,7 @@ def generate(backbone: DiffusersBackbone, prompts: list[str], sources: np.ndarra
         uncond = backbone.encode_condition([""] * len(chunk), src) if guidance_scale > 1 else None
         v = guided_velocity(lambda x, t, w, c: backbone(x, t, None, c), cond, uncond, guidance_scale)
         noise = torch.randn((len(chunk), *backbone.sample_shape), generator=gen)
-        out.append(backbone.decode(ode_sample(v, noise, None, EVAL_STEPS)).numpy())
+        out.append(backbone.decode(ode_sample(v, noise, None, steps)).numpy())
     return np.concatenate(out)
 
 
@@ -144,7 +142,8 @@ def measure_base(backbone: DiffusersBackbone, cfg: Config, edit: bool) -> dict[s
     read_src = classifier_readings(classifier, sources) if edit else None
     metrics = {}
     for scale in sorted({1.0, cfg.rollout.sampler.guidance_scale}):
-        images = generate(backbone, prompts, sources, torch.Generator().manual_seed(cfg.pretrain.seed + 1), scale)
+        images = generate(backbone, prompts, sources, torch.Generator().manual_seed(cfg.pretrain.seed + 1), scale,
+                          steps=cfg.pretrain.eval_steps)
         key = f"cfg{scale:g}"
         read = classifier_readings(classifier, images)
         learned = shapes.attribute_accuracy(images, prompts, read)

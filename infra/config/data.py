@@ -40,6 +40,10 @@ class PretrainConfig(Strict):
     """Shapes world: autoencoder steps before the transformer trains (the latents must exist first)."""
     vae_batch_size: int = Field(16, ge=1)
     """Shapes world: images per autoencoder step."""
+    vae_lr: float = Field(1e-3, gt=0)
+    """Shapes world: the autoencoder's AdamW learning rate."""
+    eval_steps: int = Field(20, ge=1)
+    """Shapes world: ODE steps of the samples that measure the base after pre-training."""
     dataset_size: int = Field(2048, ge=16)
     """Shapes world: examples rendered and encoded once for the transformer's pre-training."""
     caption_dropout: float = Field(0.1, ge=0, lt=1)

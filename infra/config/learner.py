@@ -18,6 +18,8 @@ class LearnerConfig(Strict):
     """CPUs each learner rank reserves."""
     num_gpus_per_worker: float = Field(0.0, ge=0)
     """GPUs each learner rank reserves."""
+    num_threads: int = Field(1, ge=1)
+    """torch intra-op threads of each learner rank (1: ranks sharing a node's cores do not oversubscribe them)."""
     backend: Literal["auto", "gloo", "nccl"] = "auto"
     """torch.distributed backend; ``auto`` = nccl with GPUs, gloo without."""
     zero_stage: int = Field(0, ge=0, le=3)

@@ -65,6 +65,9 @@ class RolloutConfig(Strict):
     """CPUs each rollout actor reserves."""
     num_gpus_per_actor: float = Field(0.0, ge=0)
     """GPUs each rollout actor reserves (fractions share a GPU, e.g. with colocation)."""
+    num_threads: int = Field(1, ge=1)
+    """torch intra-op threads of each rollout actor: 1 keeps actors sharing a node's cores from
+    oversubscribing them; raise it where an actor has CPUs to itself."""
     prompts_per_step: int = Field(8, ge=1)
     """Prompts per step (toy2d is unconditional: a prompt is just an index)."""
     group_size: int = Field(16, ge=2)
