@@ -307,7 +307,8 @@ class Trainer:
                                f"(max_staleness={self.cfg.loop.max_staleness})")
         adv, lam = batch_advantages(batch.rewards, batch.preferences, batch.group_index,
                                     self.rewards.directions, self.cfg.algorithm.scalarisation,
-                                    self.cfg.algorithm.adv_std, self.cfg.algorithm.reward_scale)
+                                    self.cfg.algorithm.adv_std, self.cfg.algorithm.reward_scale,
+                                    self.cfg.algorithm.smooth_temperature)
         seed = step_seed(self.cfg.loop.seed, step)
         shard = TrainShard(batch.samples, batch.preferences, adv, lam,
                            sample_seeds=seed + torch.arange(len(batch)), seed=seed,

@@ -72,9 +72,9 @@ class TrainShard:
 
 def batch_advantages(rewards: torch.Tensor, w: torch.Tensor, group_index: torch.Tensor,
                      directions: list[str], scalarisation: str,
-                     std: str = "group", scale: str = "none") -> tuple[torch.Tensor, torch.Tensor]:
+                     std: str = "group", scale: str = "none", mu: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
     """Advantages and loss weights for a whole batch (see ``objectives.advantage_terms``)."""
-    return advantage_terms(orient_rewards(rewards, directions), w, group_index, scalarisation, std, scale)
+    return advantage_terms(orient_rewards(rewards, directions), w, group_index, scalarisation, std, scale, mu)
 
 
 def nft_noise(seeds: torch.Tensor, reps: int, shape: tuple[int, ...], dtype: torch.dtype,

@@ -15,11 +15,15 @@ class AlgorithmConfig(Strict):
 
     objective: Literal["nft", "grpo"] = "nft"
     """``nft``: DiffusionNFT (paper default, ODE samples); ``grpo``: Flow-GRPO (needs sde sampler)."""
-    scalarisation: Literal["late", "early", "tchebycheff"] = "late"
+    scalarisation: Literal["late", "early", "tchebycheff", "smooth_tchebycheff"] = "late"
     """``late``: per-objective group-normalised advantages weighted by w (ParetoSlider);
     ``early``: reward = weighted sum, normalised once (fixed-weight baselines; with ``reward_scale:
     batch_std`` also the slider of ``configs/shapes_edit.yaml``);
-    ``tchebycheff``: ``-max_m w_m (1 - r~_m)`` on batch-range-normalised rewards (reaches concave fronts)."""
+    ``tchebycheff``: ``-max_m w_m (1 - r~_m)`` on batch-range-normalised rewards (reaches concave fronts);
+    ``smooth_tchebycheff``: its log-sum-exp relaxation at temperature ``smooth_temperature``."""
+    smooth_temperature: float = Field(0.1, gt=0)
+    """``mu`` of smooth Tchebycheff: ``-mu log sum_m exp(w_m (1 - r~_m) / mu)`` (-> Tchebycheff as mu -> 0,
+    ranks like the weighted sum as mu grows). Shortfalls lie in [0, 1], so mu = 0.1 is a soft max."""
     adv_std: Literal["group", "batch"] = "group"
     """Divide the group-centred rewards by the group's std (flow_grpo / DiffusionNFT default) or by the
     batch's (flow_grpo ``global_std``: a group whose samples score alike keeps advantage ~0)."""

@@ -46,3 +46,38 @@ def test_tchebycheff_prefers_the_middle_of_a_concave_front_where_linear_prefers_
     c1, _ = advantage_terms(torch.tensor(r), torch.tensor(w1), torch.tensor(g), "tchebycheff")
     e1, _ = advantage_terms(torch.tensor(r), torch.tensor(w1), torch.tensor(g), "early")
     assert np.argsort(c1[:, 0].numpy()).tolist() == np.argsort(e1[:, 0].numpy()).tolist()
+
+
+def numpy_smooth_tchebycheff(r: np.ndarray, w: np.ndarray, g: np.ndarray, mu: float) -> np.ndarray:
+    lo, hi = r.min(0), r.max(0)
+    s = np.array([-mu * np.log(sum(np.exp(w[i, m] * (1 - (r[i, m] - lo[m]) / (hi[m] - lo[m] + 1e-4)) / mu)
+                                   for m in range(r.shape[1]))) for i in range(len(r))])
+    out = np.zeros_like(s)
+    for k in np.unique(g):
+        sel = g == k
+        out[sel] = (s[sel] - s[sel].mean()) / (s[sel].std() + 1e-4)
+    return out[:, None]
+
+
+def test_smooth_tchebycheff_matches_numpy_and_spans_max_to_weighted_sum():
+    rng = np.random.default_rng(4)
+    r = rng.normal(size=(30, 3))
+    w = rng.dirichlet([1, 1, 1], size=5).repeat(6, 0)
+    g = np.repeat(np.arange(5), 6)
+    t = [torch.tensor(x) for x in (r, w, g)]
+    smooth, lam = advantage_terms(*t, "smooth_tchebycheff", mu=0.2)
+    np.testing.assert_allclose(smooth.numpy(), numpy_smooth_tchebycheff(r, w, g, 0.2), rtol=1e-9, atol=1e-9)
+    assert lam.tolist() == [[1.0]] * 30
+    # mu -> 0: within mu log M of the max, so (before normalisation) it orders samples as Tchebycheff does.
+    sharp, _ = advantage_terms(*t, "smooth_tchebycheff", mu=1e-4)
+    cheb, _ = advantage_terms(*t, "tchebycheff")
+    np.testing.assert_allclose(sharp.numpy(), cheb.numpy(), atol=1e-2)
+    # mu large: -mu log sum_m exp(x_m / mu) = -mu log M - mean_m(x_m) + O(1 / mu), the weighted sum of the
+    # shortfalls over M: the early scalarisation of the range-normalised rewards (the group
+    # normalisation removes the constant; the mean, not the sum, so its 1e-4 std guard acts alike).
+    flat, _ = advantage_terms(*t, "smooth_tchebycheff", mu=1e4)
+    lo, hi = r.min(0), r.max(0)
+    linear = ((r - lo) / (hi - lo + 1e-4) * w).mean(1, keepdims=True)
+    ref = np.concatenate([(linear[g == k] - linear[g == k].mean()) / (linear[g == k].std() + 1e-4)
+                          for k in range(5)])
+    np.testing.assert_allclose(flat.numpy(), ref, atol=1e-3)
