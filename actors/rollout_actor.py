@@ -135,7 +135,8 @@ class RolloutWorker:
         same ``weights`` on an actor it restarted."""
         self._reload()
         with self.policy.swapped(weights) if weights is not None else nullcontext():
-            batches = rollout_sweep(self.policy, points, per_group, sampler, self.device, reference)
+            batches = rollout_sweep(self.policy, points, per_group, sampler, self.device, reference,
+                                    self.cfg.rollout.micro_batch_size)
         for b in batches:
             b.conditions = None  # the driver only scores the samples; the encoded prompts stay here
         return batches

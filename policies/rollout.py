@@ -122,7 +122,10 @@ def rollout_groups(policy: Policy, groups: list[GroupSpec], group_size: int, sam
 
 
 def rollout_sweep(policy: Policy, points: list[list[GroupSpec]], per_group: int, sampler: SamplerConfig,
-                  device: torch.device | str = "cpu", reference: bool = False) -> list[RolloutBatch]:
+                  device: torch.device | str = "cpu", reference: bool = False,
+                  micro_batch_size: int | None = None) -> list[RolloutBatch]:
     """One :func:`rollout_groups` call per sweep point (a point's groups share its ``w``), so a point's
-    samples do not depend on which other points were sampled with it. ``reference``: the base model."""
-    return [rollout_groups(policy, groups, per_group, sampler, -1, device, reference) for groups in points]
+    samples do not depend on which other points were sampled with it. ``reference``: the base model;
+    ``micro_batch_size``: as for training rollouts, so a sweep fits the memory they were planned for."""
+    return [rollout_groups(policy, groups, per_group, sampler, -1, device, reference, micro_batch_size)
+            for groups in points]

@@ -157,14 +157,17 @@ class RewardRouter:
             # sends the next to an idler one (slices routed at the same instant all pick the same replica).
             await response._to_object_ref()
             responses.append(response)
-        return np.concatenate(await asyncio.gather(*(self._score(spec, None, None, r) for r in responses)))
+        return np.concatenate(await asyncio.gather(*(self._answer(spec, r) for r in responses)))
 
-    async def _score(self, spec: RewardSpec, handle: DeploymentHandle | None, inputs, response=None) -> np.ndarray:
-        """One objective's scores of ``inputs`` (or of a ``response`` already routed)."""
-        who = f"reward server {_who(spec)}"
-        if handle is None and response is None:
+    async def _score(self, spec: RewardSpec, handle: DeploymentHandle | None, inputs) -> np.ndarray:
+        """One objective's scores of ``inputs``: over HTTP for an external server, else its deployment."""
+        if handle is None:
             return await score_remote(spec, inputs, self.timeout_s)
-        response = response or handle.remote(inputs)
+        return await self._answer(spec, handle.remote(inputs))
+
+    async def _answer(self, spec: RewardSpec, response) -> np.ndarray:
+        """A routed request's scores, or a ``RewardServerError`` naming the objective."""
+        who = f"reward server {_who(spec)}"
         try:
             return await asyncio.wait_for(response, self.timeout_s)
         except asyncio.TimeoutError:
