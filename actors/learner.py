@@ -24,7 +24,8 @@ from infra.distributed import destroy_process_group, init_process_group, pick_ma
 from infra.system_metrics import SystemMetricsTarget, start_system_metrics
 from policies.objectives import ema_decay, ema_update, old_policy_decay
 from policies.policy import build_policy
-from policies.train_step import TrainShard, micro_loss
+from policies.batch import RolloutBatch
+from policies.train_step import ShardRequest, TrainShard, micro_loss
 
 
 class LearnerWorker:
@@ -72,8 +73,20 @@ class LearnerWorker:
             out[name] = (p.detach() if master is None else master).to(self.device, torch.float32, copy=True)
         return out
 
-    def train_step(self, shard: TrainShard, step: int, num_micro: int) -> dict[str, float]:
-        """One optimizer step over ``shard`` in ``num_micro`` micro-batches (same count on every rank)."""
+    def train_step(self, shard: TrainShard | ShardRequest, step: int, num_micro: int, publish: bool = False,
+                   *parts: RolloutBatch) -> tuple[dict[str, float], list | None]:
+        """One optimizer step over ``shard`` in ``num_micro`` micro-batches (same count on every rank).
+
+        A :class:`ShardRequest` is assembled from ``parts``, the rollout calls' training parts (Ray
+        resolves them from the object store before the call). ``publish`` (rank 0): also return
+        :meth:`sampling_weights` after the step, so publication costs the driver no extra round trip.
+        """
+        if isinstance(shard, ShardRequest):
+            shard = shard.assemble(list(parts))
+        metrics = self._train_step(shard, step, num_micro)
+        return metrics, self.sampling_weights() if publish else None
+
+    def _train_step(self, shard: TrainShard, step: int, num_micro: int) -> dict[str, float]:
         if self.cfg.simulate.enabled:
             time.sleep(self.cfg.simulate.train_s_per_sample * len(shard))
             return {"learner/simulated_s": self.cfg.simulate.train_s_per_sample * len(shard)}
@@ -196,14 +209,30 @@ class LearnerGroup:
     def train_step(self, shard: TrainShard, step: int) -> dict[str, float]:
         """Split ``shard`` over the ranks, run one optimizer step, average the ranks' metrics."""
         shards = shard.split(len(self.workers))
-        num_micro = max(1, math.ceil(max(len(s) for s in shards) / self.cfg.learner.micro_batch_size))
+        return self.collect(self.submit([(s, []) for s in shards], step), step)[0]
+
+    def submit(self, shards: list[tuple[TrainShard | ShardRequest, list[ray.ObjectRef]]], step: int,
+               publish: bool = False) -> list[ray.ObjectRef]:
+        """Start one optimizer step, rank ``r`` on ``shards[r]`` (a shard, or a request and the refs of the
+        training parts it covers); returns at once. The ranks run their calls in order, so a step
+        submitted while another runs starts the moment it ends."""
+        num_micro = max(1, math.ceil(max(len(s) for s, _ in shards) / self.cfg.learner.micro_batch_size))
+        return [w.train_step.remote(s, step, num_micro, publish and r == 0, *refs)
+                for r, (w, (s, refs)) in enumerate(zip(self.workers, shards))]
+
+    def collect(self, pending: list[ray.ObjectRef], step: int) -> tuple[dict[str, float], tuple | None]:
+        """The ranks' metrics of a submitted step, averaged, and rank 0's ``(weights ref, digest)`` if it
+        published; a rank that died raises :class:`LearnerDiedError`."""
         try:
-            results = ray.get([w.train_step.remote(s, step, num_micro) for w, s in zip(self.workers, shards)])
+            results = ray.get(pending)
         except ray.exceptions.RayActorError as err:
             # A rank that dies takes the collective with it; the driver's checkpoint is the recovery point.
             raise LearnerDiedError(f"a learner rank died during step {step} ({type(err).__name__}); "
                                    "restart the job with --resume to continue from its last checkpoint") from err
-        return {k: sum(r[k] for r in results) / len(results) for k in results[0]}
+        metrics = [m for m, _ in results]
+        published = results[0][1]
+        return ({k: sum(m[k] for m in metrics) / len(metrics) for k in metrics[0]},
+                None if published is None else tuple(published))
 
     def sampling_weights(self) -> tuple[ray.ObjectRef, str]:
         """The sampling policy in the object store (put by rank 0) and its digest."""

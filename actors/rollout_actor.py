@@ -7,6 +7,7 @@ an actor's calls one at a time), so a rollout never reads weights that are being
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from contextlib import nullcontext
@@ -17,9 +18,10 @@ import torch
 from actors.weight_sync import CollectiveGroup, WeightHandle, fetch_weights, state_digest
 from infra.config import Config, SamplerConfig
 from infra.system_metrics import SystemMetricsTarget, start_system_metrics
-from policies.batch import GroupSpec, RolloutBatch
+from policies.batch import Condition, GroupSpec, RolloutBatch, RolloutMeta
 from policies.policy import build_policy
 from policies.rollout import rollout_groups, rollout_sweep
+from reward_servers.base import RewardInputs, RewardRef
 
 
 class WeightsBehindError(RuntimeError):
@@ -127,6 +129,24 @@ class RolloutWorker:
         batch.weights_digest, batch.digest_s, self.digest_s = self.digest, self.digest_s, 0.0
         return batch
 
+    @ray.method(num_returns=3)
+    def generate_parts(self, groups: list[GroupSpec], handle: WeightHandle | None = None,
+                       min_version: int = 0) -> tuple[RolloutMeta, RewardInputs, RolloutBatch]:
+        """:meth:`generate` for the training loop, as three task results so the samples never pass
+        through the driver: the driver reads the ``meta``; the reward servers read the ``RewardInputs``
+        (decoded images as uint8, once, here); the learner ranks read the training part (the batch
+        without its images, the groups without their source images)."""
+        batch = self.generate(groups, handle, min_version)
+        rewards = RewardInputs(samples=batch.reward_payload(), prompts=batch.prompts,
+                               source_images=batch.source_images())
+        part = dataclasses.replace(batch, images=None,
+                                   groups=[dataclasses.replace(g, source_image=None) for g in batch.groups])
+        payload = part.nbytes() + rewards.samples.nbytes + (
+            0 if rewards.source_images is None else rewards.source_images.nbytes)
+        meta = RolloutMeta(batch.preferences, batch.group_index, batch.policy_version, batch.sample_seconds,
+                           batch.weights_digest, batch.digest_s, payload, RewardRef.of(rewards, None).kinds)
+        return meta, rewards, part
+
     def sample_sweep(self, points: list[list[GroupSpec]], per_group: int, sampler: SamplerConfig,
                      weights: dict[str, torch.Tensor] | None = None, reference: bool = False) -> list[RolloutBatch]:
         """An evaluation sweep: one batch per point, sampled with ``weights`` as the trainable tensors
@@ -148,15 +168,28 @@ class RolloutWorker:
             self.offloaded = False
 
     def _simulated(self, groups: list[GroupSpec], start: float) -> RolloutBatch:
-        """Stage-cost simulation: pay the configured time, return real-size random payloads."""
+        """Stage-cost simulation: pay the configured time, return real-size random payloads (cut from
+        buffers drawn once per actor, so making them costs no more than a real rollout's copy-out)."""
         sim, g = self.cfg.simulate, self.cfg.rollout.group_size
         n = len(groups) * g
         time.sleep(sim.rollout_s_per_sample * n)
-        gen = torch.Generator().manual_seed(groups[0].seed)
         w = torch.tensor([grp.preference for grp in groups]).repeat_interleave(g, 0)
-        return RolloutBatch(samples=torch.randn(n, max(1, sim.sample_bytes // 4), generator=gen), preferences=w,
+        images = None if not sim.image_size else self._sim_buffer("images", n, (sim.image_size, sim.image_size, 3))
+        conditions = None if not sim.condition_bytes else Condition(
+            source=self._sim_buffer("conditions", len(groups), (max(1, sim.condition_bytes // 4),)))
+        return RolloutBatch(samples=self._sim_buffer("samples", n, (max(1, sim.sample_bytes // 4),)), preferences=w,
                             group_index=torch.arange(len(groups)).repeat_interleave(g), groups=list(groups),
-                            policy_version=self.version, sample_seconds=time.time() - start)
+                            policy_version=self.version, sample_seconds=time.time() - start,
+                            conditions=conditions, images=images)
+
+    def _sim_buffer(self, kind: str, rows: int, shape: tuple[int, ...]) -> torch.Tensor:
+        """``rows`` rows of a random buffer (float32; uint8 for images), grown when a call needs more."""
+        buffers = self.__dict__.setdefault("_sim_buffers", {})
+        if kind not in buffers or buffers[kind].shape[0] < rows:
+            gen = torch.Generator().manual_seed(self.actor_index)
+            buffers[kind] = (torch.randint(0, 256, (rows, *shape), generator=gen, dtype=torch.uint8) if kind == "images"
+                             else torch.randn((rows, *shape), generator=gen))
+        return buffers[kind][:rows].clone()
 
     def ping(self) -> int:
         return self.version

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from infra.config import Config, load_config
 
 WARMUP_STEPS = 5
@@ -29,6 +31,8 @@ def run_steady(cfg: Config) -> dict[str, float]:
     wall, busy = trainer.clock.window(WARMUP_STEPS)
     per_step = cfg.rollout.prompts_per_step * cfg.preferences.slots_per_prompt * cfg.rollout.group_size
     measured_steps = cfg.loop.steps - 1 - WARMUP_STEPS
-    out = {"samples_per_s": measured_steps * per_step / wall, "step_s": wall / measured_steps, "wall_s": wall}
+    out = {"samples_per_s": measured_steps * per_step / wall, "step_s": wall / measured_steps, "wall_s": wall,
+           "driver_bytes_per_step": float(np.mean(trainer.bytes_in[WARMUP_STEPS + 1:]))}
     out.update({f"busy_{k}": v / wall for k, v in busy.items()})
+    out.update({f"ms_{k}": 1e3 * v / measured_steps for k, v in busy.items()})
     return out

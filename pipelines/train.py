@@ -1,23 +1,31 @@
 """``paretoslider train``: the single controller of the training loop.
 
 The driver owns every decision — step counter, which groups to sample, preference draws, staleness,
-checkpoints and the MLflow run — and the workers only compute:
+checkpoints and the MLflow run — and the workers only compute. Samples never pass through it: a
+rollout call leaves its results in the object store, and the driver moves refs, versions, ``B x M``
+scores and advantages:
 
-    rollout actors --samples--> reward servers --scores--> driver (advantages) --> learner group
-          ^                                                                             |
-          +------------------------ versioned sampling weights ------------------------+
+    rollout actors --refs--> reward servers (read the payload) --scores--> driver (advantages)
+          ^                                                                    |
+          |               learner ranks (each reads its rows' training parts) <+
+          +------------------ versioned sampling weights ---------------------+
 
-Rollouts run up to ``loop.max_staleness`` policy versions ahead, so sampling step k+1 overlaps the
-scoring and the update of step k. Each group has a deterministic id ``(epoch, prompt, slot)`` and
-seed; the set of trained ids is checkpointed, so a resumed run trains every group exactly once.
+Every stage reacts to results as they complete (:class:`pipelines.inflight.Events`): a call is
+scored the moment it returns, so scoring step k+1 overlaps training step k; a fully scored step
+goes to the learner at once, queued behind the running one when nothing has to see that one's
+weights alone; rollouts run up to ``loop.max_staleness`` policy versions ahead. Each group has a
+deterministic id ``(epoch, prompt, slot)`` and seed; the set of trained ids is checkpointed, so a
+resumed run trains every group exactly once.
 """
 
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import shutil
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,15 +43,16 @@ from infra.config import Config, dump_config
 from infra.pools import build_pools, release_pools
 from infra.ray_init import start_ray
 from infra.tracking import Tracker
+from pipelines.inflight import Chunk, Events, ScoredStep, StepWork
 from pipelines.evaluate import SampleFn, Sweep, eval_rewards_client, log_sweep, print_front, sweep_model, sweep_sampler
 from pipelines.pretrain import ensure_base
 from pipelines.plots import sample_figure
-from policies.batch import RolloutBatch, concat_batches
+from policies.batch import RolloutBatch, RolloutMeta, concat_batches
 from policies.preferences import plan_groups, simplex_grid, step_seed
 from policies.prompts import prompt_set
-from policies.train_step import TrainShard, batch_advantages
-from reward_servers.base import RewardInputs
-from reward_servers.client import RewardClient, reward_step_metrics
+from policies.train_step import batch_advantages, shard_requests
+from reward_servers.base import RewardRef
+from reward_servers.client import PendingScores, RewardClient, reward_step_metrics
 
 console = Console()
 
@@ -127,8 +136,13 @@ class Trainer:
         self.sync = ObjectStoreWeightSync()
         self.group_id = 0
         """Formation of the collective weight-sync group (re-formed when a rollout actor restarts)."""
-        self.driver_bytes = 0
-        """Bytes of rollout results fetched into the driver since the last logged step."""
+        self.clock = StageClock()
+        self.bytes_in: list[int] = []
+        """``loop/driver_bytes_in`` of every step this run trained (the benchmarks read it)."""
+        self.learner_free_at = 0.0
+        """When the learner finished its last step (a step queued behind it starts then)."""
+        self.scoring = ThreadPoolExecutor(max_workers=32, thread_name_prefix="score")
+        """Waits for the reward servers' answers (one thread per call in flight; retries happen there)."""
         self.published: dict[int, str] = {}
         """Digest of each published policy version (the recent ones), as the learner sent it."""
         try:
@@ -170,7 +184,6 @@ class Trainer:
         if cfg.cluster.weight_sync == "collective":
             self._join_weight_group()
         self.publish_weights()
-        self.clock = StageClock()
         groups_per_step = cfg.rollout.prompts_per_step * cfg.preferences.slots_per_prompt
         cap = cfg.cluster.max_inflight_groups
         # Steps whose groups may be out at once: bounded by staleness and by back-pressure.
@@ -232,10 +245,12 @@ class Trainer:
                 + [a.init_weight_group.remote(addr, port, i + 1, world, backend, self.group_id)
                    for i, a in enumerate(self.actors)])
 
-    def publish_weights(self) -> None:
+    def publish_weights(self, sent: tuple[ray.ObjectRef, str] | None = None) -> None:
         """Make the learner's sampling (old) policy, as version ``state.version + 1``, the one the
-        next rollouts use, and record its digest. The collective group is re-formed first if a rollout
-        actor restarted since it formed (a restarted actor is in no group)."""
+        next rollouts use, and record its digest. ``sent``: the ``(ref, digest)`` learner rank 0 put
+        after its step (object-store sync); else it is asked for them. The collective group is
+        re-formed first if a rollout actor restarted since it formed (a restarted actor is in no group)."""
+        t0 = time.perf_counter()
         version = self.state.version + 1
         if self.cfg.cluster.weight_sync == "collective":
             members = ray.get([a.weight_group_id.remote() for a in self.actors])
@@ -249,10 +264,11 @@ class Trainer:
             for i, digest in enumerate(received):
                 self._check_digest(f"rollout actor {i}", version, digest, sent)
         else:
-            ref, sent = self.learner.sampling_weights()
+            ref, sent = sent or self.learner.sampling_weights()
             self.handle = self.sync.publish(version, ref)
         self.published = {v: d for v, d in self.published.items() if v >= version - self.cfg.loop.max_staleness - 1}
         self.published[version] = sent
+        self.clock.add("weight_sync", time.perf_counter() - t0)
 
     @staticmethod
     def _check_digest(who: str, version: int, got: str | None, sent: str) -> None:
@@ -260,72 +276,213 @@ class Trainer:
             raise WeightSyncError(f"{who} holds policy version {version} with weights digest {got}, but the "
                                   f"learner published {sent}: the weight sync corrupted or dropped tensors")
 
-    # ---- one stage each -------------------------------------------------------------------------
-    def issue_rollouts(self, step: int) -> list[tuple[int, list, ray.ObjectRef]]:
-        """Split the step's groups over the actors: ``(actor index, groups, ref)`` per chunk. Each call
-        carries the newest weight handle and the version it must sample with at least."""
+    # ---- the loop: every stage reacts to the previous one's results as they complete -------------
+    def run(self) -> Sweep | None:
+        cfg, st = self.cfg, self.state
+        total = cfg.loop.steps
+        self.in_flight: collections.deque[StepWork] = collections.deque()
+        self.events = Events()
+        self.next_issue = st.step
+        self.wall0, self.samples_done = time.perf_counter(), 0
+        self.bar = tqdm(total=total, initial=st.step, desc="train", disable=not self.progress,
+                        mininterval=0.5 if sys.stderr.isatty() else 15.0)
+        try:
+            self.issue_ahead()
+            while st.step < total:
+                t0 = time.perf_counter()
+                idle = self.events.wait()
+                self.clock.add("driver_idle", idle)
+                self.clock.add("driver_handlers", time.perf_counter() - t0 - idle)
+            self.bar.close()
+            result = None if cfg.simulate.enabled else self.sweep("eval")
+            if cfg.registry.register_on_finish and not cfg.simulate.enabled:
+                self.register()
+            self.tracker.end("FINISHED")
+            return result
+        except KeyboardInterrupt:
+            self.tracker.end("KILLED")
+            raise
+        except Exception:
+            self.tracker.end("FAILED")
+            raise
+
+    def issue_ahead(self) -> None:
+        """Issue the rollouts of every step that bounded staleness and back-pressure allow."""
+        while self.next_issue < self.cfg.loop.steps and len(self.in_flight) < self.max_steps_ahead:
+            self.in_flight.append(self.issue_rollouts(self.next_issue))
+            self.next_issue += 1
+
+    def issue_rollouts(self, step: int) -> StepWork:
+        """Split the step's groups over the actors, each share in calls of ``rollout.groups_per_call``
+        groups; each call carries the newest weight handle and the version it must sample with at least."""
         groups = plan_groups(self.cfg, step)
-        chunks = np.array_split(np.arange(len(groups)), len(self.actors))
-        issued = []
-        for i, chunk in enumerate(chunks):
-            if len(chunk):
-                part = [groups[j] for j in chunk]
-                issued.append((i, part, self.actors[i].generate.remote(part, self.handle, self.state.version + 1)))
-        return issued
+        work = StepWork(step, [])
+        offset, per_call = 0, self.cfg.rollout.groups_per_call
+        for i, share in enumerate(np.array_split(np.arange(len(groups)), len(self.actors))):
+            for j in range(0, len(share), per_call or max(1, len(share))):
+                part = [groups[k] for k in share[j:j + (per_call or len(share))]]
+                chunk = Chunk(step, i, part, offset, len(part) * self.cfg.rollout.group_size, [])
+                offset += chunk.size
+                work.chunks.append(chunk)
+                self.call_rollout(work, chunk)
+        return work
 
-    def collect(self, chunks: list[tuple[int, list, ray.ObjectRef]]) -> RolloutBatch:
-        """Wait for a step's chunks and check each against what the learner published. A chunk whose
-        actor restarted without the current weights (collective sync) is sampled again once the
-        group has re-formed; its groups keep their ids and seeds."""
-        batches = []
-        for i, groups, ref in chunks:
-            try:
-                batch = ray.get(ref)
-            except WeightsBehindError:
-                self.publish_weights()  # re-forms the group and sends the restarted actor the current version
-                batch = ray.get(self.actors[i].generate.remote(groups, self.handle, self.state.version + 1))
-            self._check_digest(f"rollout actor {i}", batch.policy_version, batch.weights_digest,
-                               self.published.get(batch.policy_version, "(a version no longer recorded)"))
-            self.clock.add("weight_check", batch.digest_s)
-            self.driver_bytes += batch.nbytes()
-            batches.append(batch)
-        return concat_batches(batches)
+    def call_rollout(self, work: StepWork, chunk: Chunk) -> None:
+        chunk.refs = self.actors[chunk.actor].generate_parts.remote(chunk.groups, self.handle, self.state.version + 1)
+        self.events.on(chunk.refs[0].future(), lambda f: self.on_rollout(work, chunk, f))
 
-    def score(self, batch: RolloutBatch) -> torch.Tensor:
+    def on_rollout(self, work: StepWork, chunk: Chunk, done: Future) -> None:
+        """A call's metadata arrived: check its weights against what the learner published and send
+        its reward payload to the reward servers by reference. A call whose actor restarted without
+        the current weights (collective sync) is sampled again once the group has re-formed, after
+        the learner's pending steps (so the version the group re-forms with is the learner's)."""
         t0 = time.perf_counter()
-        pending = self.rewards.submit(RewardInputs(samples=batch.reward_payload(), prompts=batch.prompts,
-                                                   source_images=batch.source_images()))
-        scores = pending.result()
-        self.clock.add("reward", time.perf_counter() - t0)
-        self.reward_latency_s = pending.latency_s
-        return torch.tensor(np.asarray(scores), dtype=torch.float32)
+        try:
+            meta: RolloutMeta = done.result()
+        except WeightsBehindError:
+            self.drain_learner()
+            self.publish_weights()  # re-forms the group and sends the restarted actor the current version
+            self.call_rollout(work, chunk)
+            return
+        self._check_digest(f"rollout actor {chunk.actor}", meta.policy_version, meta.weights_digest,
+                           self.published.get(meta.policy_version, "(a version no longer recorded)"))
+        self.clock.add("weight_check", meta.digest_s)
+        self.clock.add("rollout", meta.sample_seconds)
+        work.bytes_in += meta.nbytes()
+        chunk.meta = meta
+        pending = self.score(chunk)
+        start = time.perf_counter()
+        self.events.on(self.scoring.submit(pending.result), lambda f: self.on_scores(work, chunk, pending, start, f))
+        self.clock.add("driver_rollout", time.perf_counter() - t0)
 
-    def train_on(self, batch: RolloutBatch, step: int) -> dict[str, float]:
-        staleness = self.state.version - batch.policy_version
-        if staleness > self.cfg.loop.max_staleness:
-            raise RuntimeError(f"batch of step {step} is {staleness} versions old "
-                               f"(max_staleness={self.cfg.loop.max_staleness})")
-        adv, lam = batch_advantages(batch.rewards, batch.preferences, batch.group_index,
-                                    self.rewards.directions, self.cfg.algorithm.scalarisation,
-                                    self.cfg.algorithm.adv_std, self.cfg.algorithm.reward_scale,
-                                    self.cfg.algorithm.smooth_temperature)
-        seed = step_seed(self.cfg.loop.seed, step)
-        shard = TrainShard(batch.samples, batch.preferences, adv, lam,
-                           sample_seeds=seed + torch.arange(len(batch)), seed=seed,
-                           trajectory=batch.trajectory, conditions=batch.conditions, cond_index=batch.group_index)
+    def score(self, chunk: Chunk) -> PendingScores:
+        """Start scoring a call's samples where they lie in the object store."""
+        return self.rewards.submit(RewardRef(chunk.refs[1:2], chunk.size, chunk.meta.reward_kinds))
+
+    def on_scores(self, work: StepWork, chunk: Chunk, pending: PendingScores, start: float, done: Future) -> None:
+        chunk.scores = np.asarray(done.result(), dtype=np.float32)  # a reward server that gave up raises here
+        self.clock.add("reward", time.perf_counter() - start)
+        work.bytes_in += chunk.scores.nbytes
+        for label, seconds in pending.latency_s.items():
+            work.latency_s[label] = max(seconds, work.latency_s.get(label, 0.0))
+        self.submit_ready()
+
+    def submit_ready(self) -> None:
+        """Hand every fully scored step, in order, to the learner as far as it may take them."""
+        for work in self.in_flight:
+            if work.training is None:
+                if not work.scored or not self.learner_accepts():
+                    return
+                self.submit_training(work)
+
+    def learner_accepts(self) -> bool:
+        """Whether a further step may go to the learner now. One step may queue behind the running one
+        (the ranks start it the moment the first ends), unless the running one is followed by
+        something that must see its weights alone: a checkpoint, a sweep, a collective broadcast or,
+        colocated, the rollouts' turn on the GPUs."""
+        queued = [w for w in self.in_flight if w.training is not None]
+        if not queued:
+            return True
+        cfg, running = self.cfg, queued[-1].step + 1
+        return (len(queued) == 1 and cfg.cluster.weight_sync == "object_store" and not cfg.cluster.colocate
+                and running % cfg.loop.checkpoint_every != 0 and running != cfg.loop.steps
+                and not (cfg.evaluation.every and running % cfg.evaluation.every == 0))
+
+    def submit_training(self, work: StepWork) -> None:
+        """Advantages over the whole step's groups, then each rank gets its rows and the training parts
+        of the calls they come from (never through the driver)."""
         t0 = time.perf_counter()
-        if self.cfg.cluster.colocate:
+        cfg = self.cfg
+        scored = work.result()
+        # The version the learner will hold when it starts this step: one more per step queued before it.
+        trains_at = self.state.version + sum(w.training is not None for w in self.in_flight)
+        work.staleness = trains_at - scored.policy_version
+        if work.staleness > cfg.loop.max_staleness:
+            raise RuntimeError(f"batch of step {work.step} is {work.staleness} versions old "
+                               f"(max_staleness={cfg.loop.max_staleness})")
+        adv, lam = batch_advantages(scored.rewards, scored.preferences, scored.group_index,
+                                    self.rewards.directions, cfg.algorithm.scalarisation,
+                                    cfg.algorithm.adv_std, cfg.algorithm.reward_scale,
+                                    cfg.algorithm.smooth_temperature)
+        seed = step_seed(cfg.loop.seed, work.step)
+        requests = shard_requests([(c.offset, c.size, c.refs[2]) for c in work.chunks], cfg.learner.world_size,
+                                  adv, lam, seed + torch.arange(len(scored)), seed)
+        if cfg.cluster.colocate:
             ray.get([a.offload.remote() for a in self.actors])  # free the shared GPUs for the learner
-        metrics = self.learner.train_step(shard, step)
-        self.clock.add("train", time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        self.state.version += 1
-        self.publish_weights()
-        self.clock.add("weight_sync", time.perf_counter() - t0)
-        metrics["loop/staleness"] = float(staleness)
-        return metrics
+        work.submitted_at = time.perf_counter()
+        work.pending = self.learner.submit(requests, work.step, publish=cfg.cluster.weight_sync == "object_store")
+        work.training = [ref.future() for ref in work.pending]
+        for future in work.training:
+            self.events.on(future, lambda f: self.complete_trained())
+        self.clock.add("driver_submit", time.perf_counter() - t0)
 
-    def reward_metrics(self, batch: RolloutBatch) -> dict[str, float]:
+    def drain_learner(self) -> None:
+        """Block until every step submitted to the learner has trained (and complete them)."""
+        for work in list(self.in_flight):
+            if work.training is not None:
+                concurrent.futures.wait(work.training)
+        self.complete_trained()
+
+    def complete_trained(self) -> None:
+        """Complete the steps whose optimizer step finished, oldest first."""
+        while self.in_flight and self.in_flight[0].trained:
+            self.complete_step(self.in_flight.popleft())
+            self.submit_ready()
+            self.issue_ahead()
+
+    def complete_step(self, work: StepWork) -> None:
+        """Publish the new weights, then record, checkpoint and sweep the step as the loop's history."""
+        cfg, st = self.cfg, self.state
+        metrics, sent = self.learner.collect(work.pending, work.step)
+        now = time.perf_counter()
+        self.clock.add("train", now - max(work.submitted_at, self.learner_free_at))
+        self.learner_free_at = now
+        st.version += 1
+        self.publish_weights(sent)
+        t0 = time.perf_counter()
+        scored = work.result()
+        self.reward_latency_s = work.latency_s
+        metrics["loop/staleness"] = float(work.staleness)
+        metrics.update(self.reward_metrics(scored))
+        st.consumed.extend(g.gid for g in scored.groups)
+        st.step = work.step + 1
+        self.samples_done += len(scored)
+        metrics["loop/samples_per_s"] = self.samples_done / (time.perf_counter() - self.wall0)
+        metrics["loop/policy_version"] = float(st.version)
+        if not cfg.simulate.enabled and (st.step % cfg.loop.scatter_every == 0 or st.step == cfg.loop.steps):
+            self.tracker.log_figure(sample_figure(self.fetch_step(work, scored), cfg, f"step {st.step}"),
+                                    f"scatter/step_{st.step:06d}.png")
+        # What the driver fetched this step (rollout metadata and scores, plus a figure's samples):
+        # it does not grow with the samples, which stay in the object store.
+        metrics["loop/driver_bytes_in"] = float(work.bytes_in)
+        self.bytes_in.append(work.bytes_in)
+        for k, v in self.clock.busy.items():
+            metrics[f"time/{k}_s"] = v
+        if st.step % cfg.loop.log_every == 0:
+            self.tracker.stage_metrics(metrics, st.step)
+        if st.step % cfg.loop.checkpoint_every == 0 or st.step == cfg.loop.steps:
+            self.save()
+        self.clock.add("tracking", time.perf_counter() - t0)
+        if cfg.evaluation.every and st.step % cfg.evaluation.every == 0 and st.step < cfg.loop.steps \
+                and not cfg.simulate.enabled:
+            t0 = time.perf_counter()
+            self.sweep(f"eval/step_{st.step:06d}")
+            self.clock.add("eval", time.perf_counter() - t0)
+        self.clock.mark()
+        self.bar.update(1)
+        self.bar.set_postfix({n: f"{metrics[f'reward/{n}']:.2f}" for n in cfg.objective_names})
+
+    def fetch_step(self, work: StepWork, scored: ScoredStep) -> RolloutBatch:
+        """The step's samples (and decoded images) fetched into the driver, for a figure."""
+        parts, payloads = ray.get([c.refs[2] for c in work.chunks]), ray.get([c.refs[1] for c in work.chunks])
+        batch = concat_batches(parts)
+        batch.groups, batch.rewards = scored.groups, scored.rewards
+        if payloads[0].samples.dtype == np.uint8:  # decoded images, channels first on the wire
+            batch.images = torch.from_numpy(np.concatenate([np.moveaxis(p.samples, -3, -1) for p in payloads]))
+        work.bytes_in += batch.nbytes()
+        return batch
+
+    def reward_metrics(self, batch: ScoredStep) -> dict[str, float]:
         r, w = batch.rewards.numpy(), batch.preferences.numpy()
         out = {}
         names = self.cfg.objective_names
@@ -340,70 +497,6 @@ class Trainer:
                 for m, name in enumerate(names):
                     out[f"reward_by_pref/{name}/{bucket_name(bw)}"] = float(r[sel, m].mean())
         return out
-
-    # ---- the loop -------------------------------------------------------------------------------
-    def run(self) -> Sweep | None:
-        cfg, st = self.cfg, self.state
-        total = cfg.loop.steps
-        in_flight: collections.deque[tuple[int, list[tuple[int, list, ray.ObjectRef]]]] = collections.deque()
-        next_issue = st.step
-        wall0 = time.perf_counter()
-        samples_done = 0
-        bar = tqdm(total=total, initial=st.step, desc="train", disable=not self.progress,
-                   mininterval=0.5 if sys.stderr.isatty() else 15.0)
-        try:
-            while st.step < total:
-                while next_issue < total and len(in_flight) < self.max_steps_ahead:
-                    in_flight.append((next_issue, self.issue_rollouts(next_issue)))
-                    next_issue += 1
-                step, chunks = in_flight.popleft()
-                t0 = time.perf_counter()
-                batch = self.collect(chunks)
-                self.clock.add("rollout_wait", time.perf_counter() - t0)
-                self.clock.add("rollout", batch.sample_seconds)
-                batch.rewards = self.score(batch)
-                metrics = self.train_on(batch, step)
-                metrics.update(self.reward_metrics(batch))
-                st.consumed.extend(g.gid for g in batch.groups)
-                st.step = step + 1
-                samples_done += len(batch)
-                elapsed = time.perf_counter() - wall0
-                metrics["loop/samples_per_s"] = samples_done / elapsed
-                metrics["loop/policy_version"] = float(st.version)
-                # What passed through the driver this step (the rollouts it fetched): the baseline that a
-                # streaming loop, where samples stay in the object store, brings down.
-                metrics["loop/driver_bytes_in"], self.driver_bytes = float(self.driver_bytes), 0
-                for k, v in self.clock.busy.items():
-                    metrics[f"time/{k}_s"] = v
-                t0 = time.perf_counter()
-                if st.step % cfg.loop.log_every == 0:
-                    self.tracker.stage_metrics(metrics, st.step)
-                if not cfg.simulate.enabled and (st.step % cfg.loop.scatter_every == 0 or st.step == total):
-                    self.tracker.log_figure(sample_figure(batch, cfg, f"step {st.step}"),
-                                            f"scatter/step_{st.step:06d}.png")
-                if st.step % cfg.loop.checkpoint_every == 0 or st.step == total:
-                    self.save()
-                self.clock.add("tracking", time.perf_counter() - t0)
-                if cfg.evaluation.every and st.step % cfg.evaluation.every == 0 and st.step < total \
-                        and not cfg.simulate.enabled:
-                    t0 = time.perf_counter()
-                    self.sweep(f"eval/step_{st.step:06d}")
-                    self.clock.add("eval", time.perf_counter() - t0)
-                self.clock.mark()
-                bar.update(1)
-                bar.set_postfix({n: f"{metrics[f'reward/{n}']:.2f}" for n in cfg.objective_names})
-            bar.close()
-            result = None if cfg.simulate.enabled else self.sweep("eval")
-            if cfg.registry.register_on_finish and not cfg.simulate.enabled:
-                self.register()
-            self.tracker.end("FINISHED")
-            return result
-        except KeyboardInterrupt:
-            self.tracker.end("KILLED")
-            raise
-        except Exception:
-            self.tracker.end("FAILED")
-            raise
 
     def sweep(self, folder: str) -> Sweep:
         """Sweep the EMA model across the slider on the rollout actors (the driver holds no model),
@@ -442,6 +535,7 @@ class Trainer:
 
     def close(self) -> None:
         """Release whatever the job holds (also after a start that failed half-way)."""
+        self.scoring.shutdown(wait=False, cancel_futures=True)
         if self.learner is not None:
             self.learner.shutdown()
         if self.actors:  # each logs its last system-metrics sample; ray.wait: a dead actor raises nothing here

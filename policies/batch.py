@@ -143,6 +143,32 @@ class RolloutBatch:
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
 
+@dataclass
+class RolloutMeta:
+    """What the driver reads of a rollout call: ids, versions and ``B x M`` preferences, never the
+    samples (those stay in the object store, for the reward servers and the learner ranks)."""
+
+    preferences: torch.Tensor
+    """``[B, M]`` the ``w`` each sample was generated with."""
+    group_index: torch.Tensor
+    """``[B]`` long: each sample's group, an index into the call's groups."""
+    policy_version: int
+    sample_seconds: float = 0.0
+    weights_digest: str | None = None
+    digest_s: float = 0.0
+    payload_bytes: int = 0
+    """Bytes the call left in the object store (reward payload and training part), for reporting."""
+    reward_kinds: tuple[str, ...] = ("samples",)
+    """What the reward payload carries (``reward_servers.base.INPUT_KINDS``)."""
+
+    def __len__(self) -> int:
+        return self.group_index.shape[0]
+
+    def nbytes(self) -> int:
+        """Bytes of the tensors the driver fetches."""
+        return sum(t.numel() * t.element_size() for t in (self.preferences, self.group_index))
+
+
 def channels_first(images: np.ndarray) -> np.ndarray:
     """``[..., H, W, 3]`` (how images are rendered and decoded) -> ``[..., 3, H, W]``."""
     return np.ascontiguousarray(np.moveaxis(images, -1, -3))

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from infra.config import AlgorithmConfig, SamplerConfig
-from policies.batch import Condition
+from policies.batch import Condition, RolloutBatch, concat_batches
 from policies.objectives import advantage_terms, grpo_loss, nft_loss, orient_rewards
 from policies.policy import Policy
 from policies.samplers import SdeTrajectory, gaussian_log_prob, sde_step_mean_std
@@ -65,9 +65,63 @@ class TrainShard:
         return self.conditions.rows(self.cond_index.repeat_interleave(reps))
 
     def split(self, count: int) -> list[TrainShard]:
-        """``count`` contiguous, near-equal slices (some may be empty)."""
-        bounds = torch.linspace(0, len(self), count + 1).round().long().tolist()
+        """``count`` contiguous, near-equal slices (some may be empty), cut at :func:`shard_bounds`."""
+        bounds = shard_bounds(len(self), count)
         return [self.slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def shard_bounds(n: int, count: int) -> list[int]:
+    """Where ``n`` samples are cut into ``count`` contiguous near-equal shards (``count + 1`` bounds)."""
+    return torch.linspace(0, n, count + 1).round().long().tolist()
+
+
+@dataclass
+class ShardRequest:
+    """One learner rank's shard of a step whose samples stayed in the object store: the rank receives
+    the training parts (:class:`RolloutBatch`, images dropped) of the rollout calls its shard covers,
+    and this, its rows ``[start, stop)`` of their concatenation with the driver's advantages.
+
+    :meth:`assemble` gives the rank exactly the samples, conditions rows and seeds the whole step's
+    ``TrainShard.split`` would have (only the number of condition rows it carries differs).
+    """
+
+    start: int
+    stop: int
+    advantages: torch.Tensor
+    """``[stop - start, K]``."""
+    weights: torch.Tensor
+    """``[stop - start, K]``."""
+    sample_seeds: torch.Tensor
+    """``[stop - start]`` long (the seed of each sample's position in the whole step)."""
+    seed: int
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def assemble(self, parts: list[RolloutBatch]) -> TrainShard:
+        batch = concat_batches(parts)
+        a, b = self.start, self.stop
+        traj = batch.trajectory
+        if traj is not None:
+            traj = SdeTrajectory(traj.latents[a:b], traj.log_probs[a:b], traj.times)
+        return TrainShard(batch.samples[a:b], batch.preferences[a:b], self.advantages, self.weights,
+                          self.sample_seeds, self.seed, traj, batch.conditions, batch.group_index[a:b])
+
+
+def shard_requests(parts: list[tuple[int, int, object]], ranks: int, advantages: torch.Tensor,
+                   weights: torch.Tensor, sample_seeds: torch.Tensor, seed: int) -> list[tuple[ShardRequest, list]]:
+    """Each rank's :class:`ShardRequest` and the parts it needs, for a step whose rollout calls left
+    ``(offset, size, part)`` (``part``: the ref of a training part) in the object store. The rows are cut at
+    :func:`shard_bounds`, as ``TrainShard.split`` cuts them, and a rank gets only the parts they overlap."""
+    bounds = shard_bounds(len(advantages), ranks)
+    out = []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        # An empty shard still needs a part to assemble its (empty) rows from.
+        covered = [(o, n, part) for o, n, part in parts if o < b and o + n > a] or parts[:1]
+        base = covered[0][0]
+        out.append((ShardRequest(a - base, b - base, advantages[a:b], weights[a:b], sample_seeds[a:b], seed),
+                    [part for _, _, part in covered]))
+    return out
 
 
 def batch_advantages(rewards: torch.Tensor, w: torch.Tensor, group_index: torch.Tensor,

@@ -99,6 +99,52 @@ class RewardInputs:
         return cls(np.concatenate([p.samples for p in parts]), prompts, sources)
 
 
+@dataclass(frozen=True)
+class RewardRef:
+    """A batch that stays in the object store: what the training loop sends the reward servers.
+
+    A rollout actor returns its :class:`RewardInputs` as a task result; the driver passes this handle
+    (the ref inside a list, so Ray does not resolve it in the router) and every objective's replicas
+    read the same object, each its ``[start, stop)`` slice, from their own node's object store.
+    """
+
+    refs: list
+    """``[ObjectRef]`` of a :class:`RewardInputs`."""
+    size: int
+    """Samples in the batch."""
+    kinds: tuple[str, ...]
+    """The ``INPUT_KINDS`` the batch carries (checked against each reward's ``inputs`` before sending)."""
+    start: int = 0
+    stop: int | None = None
+    """The slice a request scores (``stop`` None: to the end)."""
+
+    def __len__(self) -> int:
+        return (self.size if self.stop is None else self.stop) - self.start
+
+    def require(self, needs: Iterable[str], reward: str) -> None:
+        """Raise if an input that ``reward`` needs is absent (as :meth:`RewardInputs.require`)."""
+        for kind in needs:
+            if kind not in self.kinds:
+                raise ValueError(f"reward {reward} needs '{kind}' but the batch has no {kind}")
+
+    def slices(self, count: int) -> list[RewardRef]:
+        """The batch in ``count`` near-equal consecutive slices (fewer if it has fewer samples)."""
+        sizes = [len(part) for part in np.array_split(np.arange(len(self)), max(1, min(count, len(self))))]
+        bounds = self.start + np.cumsum([0, *sizes])
+        return [RewardRef(self.refs, self.size, self.kinds, int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def resolve(self, batch: RewardInputs) -> RewardInputs:
+        """This slice of ``batch``, the object ``refs[0]`` resolved to."""
+        if len(batch) != self.size:
+            raise ValueError(f"RewardRef of {self.size} samples resolved to a batch of {len(batch)}")
+        return batch._slice(self.start, self.start + len(self))
+
+    @classmethod
+    def of(cls, inputs: RewardInputs, ref) -> RewardRef:
+        """The handle of ``inputs`` already put as ``ref``."""
+        return cls([ref], len(inputs), tuple(k for k in INPUT_KINDS if getattr(inputs, k) is not None))
+
+
 @runtime_checkable
 class Reward(Protocol):
     """A batched scoring function with the metadata the driver and the evaluation need."""
@@ -142,8 +188,10 @@ class RewardInfo:
 def score_batch(reward: Reward, batch: RewardInputs) -> np.ndarray:
     """``reward.score(batch)``; a video batch ``[B, F, 3, H, W]`` is scored as ``B * F`` frames (with
     each video's prompt and source image) and each video gets its frames' mean score, unless the
-    reward declares ``takes_video = True``. uint8 images are scored as ``x / 255``."""
-    batch = batch.as_float()
+    reward declares ``takes_video = True``. uint8 images are scored as ``x / 255`` unless the reward
+    declares ``takes_uint8 = True`` (it reads the bytes as they arrived)."""
+    if not getattr(reward, "takes_uint8", False):
+        batch = batch.as_float()
     if batch.samples.ndim != 5 or getattr(reward, "takes_video", False):
         return reward.score(batch)
     b, f = batch.samples.shape[:2]

@@ -13,10 +13,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import ray
 
 from infra.config import RewardsConfig
 from infra.system_metrics import SystemMetricsTarget
-from reward_servers.base import RewardInfo, RewardInputs, RewardServerError, checked_scores, score_batch
+from reward_servers.base import RewardInfo, RewardInputs, RewardRef, RewardServerError, checked_scores, score_batch
 from reward_servers.registry import build_reward
 
 Attempt = Callable[[], tuple[np.ndarray, dict[str, float]]]
@@ -103,18 +104,19 @@ class RewardClient:
     def ranges(self) -> list[tuple[float, float]]:
         return [i.range for i in self.infos]
 
-    def submit(self, inputs: RewardInputs) -> PendingScores:
-        """Start scoring ``inputs`` on every objective; returns without waiting."""
+    def submit(self, inputs: RewardInputs | RewardRef) -> PendingScores:
+        """Start scoring ``inputs`` on every objective; returns without waiting. A :class:`RewardRef`
+        reaches the Serve replicas by reference (local rewards fetch it into this process)."""
         for info in self.infos:
             inputs.require(info.inputs, info.who)
         start = self._start_serve if self._pool is None else self._start_local
         return PendingScores(start, inputs, self.cfg.retries)
 
-    def score(self, inputs: RewardInputs) -> np.ndarray:
+    def score(self, inputs: RewardInputs | RewardRef) -> np.ndarray:
         """``submit(inputs).result()``: ``[B, M]`` scores, blocking."""
         return self.submit(inputs).result()
 
-    def _start_serve(self, inputs: RewardInputs) -> Attempt:
+    def _start_serve(self, inputs: RewardInputs | RewardRef) -> Attempt:
         response = self._router.score.remote(inputs)
         timeout_s = self.cfg.timeout_s + ROUTER_GRACE_S
 
@@ -136,8 +138,10 @@ class RewardClient:
 
         return wait
 
-    def _start_local(self, inputs: RewardInputs) -> Attempt:
+    def _start_local(self, inputs: RewardInputs | RewardRef) -> Attempt:
         start = time.perf_counter()
+        if isinstance(inputs, RewardRef):
+            inputs = inputs.resolve(ray.get(inputs.refs[0]))
 
         def timed(reward) -> tuple[np.ndarray, float]:
             scores = score_batch(reward, inputs)

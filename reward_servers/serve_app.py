@@ -1,9 +1,10 @@
 """Ray Serve app that scores batches: one ``RewardDeployment`` per objective behind a ``RewardRouter``.
 
 The training driver reaches the router through a ``DeploymentHandle`` (``router.score``, Ray
-serialization). The router puts the batch into the object store once and fans it out to every
-objective at once (each replica reads the same object); an objective with ``R > 1`` replicas gets the
-batch in ``R`` slices, one request each, so every replica scores. The answers are stacked into
+serialization) with a ``RewardRef``: the batch a rollout actor left in the object store, which the
+router fans out to every objective at once without fetching it (each replica reads the same object);
+a batch sent by value is put once first. An objective with ``R > 1`` replicas gets the batch in ``R``
+slices, one request each, so every replica scores. The answers are stacked into
 ``[B, M]``; each objective's deployment merges concurrent requests with ``@serve.batch`` and scores
 them in one call. A failing or hung objective fails the request with a ``RewardServerError`` that
 names it.
@@ -32,7 +33,7 @@ from ray.serve.schema import DeploymentStatus
 
 from infra.config import RewardSpec, RewardsConfig
 from infra.system_metrics import SystemMetricsTarget, start_system_metrics
-from reward_servers.base import RewardInfo, RewardInputs, RewardServerError, checked_scores, score_batch
+from reward_servers.base import RewardInfo, RewardInputs, RewardRef, RewardServerError, checked_scores, score_batch
 from reward_servers.codecs import decode_batch, decode_scores, encode_batch, encode_scores
 from reward_servers.registry import RewardFactory, build_reward, reward_factory
 
@@ -65,8 +66,10 @@ class RewardDeployment:
         self._score_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
         self._batch_sizes: list[int] = []
 
-    async def __call__(self, inputs: RewardInputs) -> np.ndarray:
-        """``[B]`` float32 scores of one request."""
+    async def __call__(self, inputs: RewardInputs | RewardRef) -> np.ndarray:
+        """``[B]`` float32 scores of one request (a :class:`RewardRef` is read from this node's object store)."""
+        if isinstance(inputs, RewardRef):
+            inputs = inputs.resolve(await inputs.refs[0])
         inputs.require(self.info.inputs, self.info.who)
         return await self._score_batch(inputs)
 
@@ -114,26 +117,26 @@ class RewardRouter:
         self.labels = [s.display for s in self.specs]
         self._infos: list[RewardInfo] | None = None
 
-    async def score(self, inputs: RewardInputs, labels: list[str] | None = None) -> ScoredBatch:
-        """Scores of ``inputs`` on the objectives ``labels`` (None: all, in config order)."""
+    async def score(self, inputs: RewardInputs | RewardRef, labels: list[str] | None = None) -> ScoredBatch:
+        """Scores of ``inputs`` on the objectives ``labels`` (None: all, in config order). A
+        :class:`RewardRef` (the training loop's batches) is never fetched here unless an external
+        server needs it; a batch sent by value is put into the object store once."""
         picked = [self.labels.index(label) for label in labels] if labels is not None else range(len(self.specs))
         start = time.perf_counter()
         latency: dict[str, float] = {}
-        slices: dict[int, list] = {}
+        ref = inputs if isinstance(inputs, RewardRef) else RewardRef.of(inputs, ray.put(inputs))
+        local = [inputs] if isinstance(inputs, RewardInputs) else []
 
-        def shared(n: int) -> list:
-            """The batch in ``n`` slices, each put into the object store once for every objective."""
-            if n not in slices:
-                sizes = [len(part) for part in np.array_split(np.arange(len(inputs)), n)]
-                slices[n] = [ray.put(part) for part in inputs.split(sizes) if len(part)]
-            return slices[n]
+        async def by_value() -> RewardInputs:
+            if not local:
+                local.append(ref.resolve(await ref.refs[0]))
+            return local[0]
 
         async def timed(i: int) -> np.ndarray:
             if self.handles[i] is None:  # an external server: the batch goes over HTTP
-                out = await self._score(self.specs[i], None, inputs)
+                out = await self._score(self.specs[i], None, await by_value())
             else:
-                out = await self._score_slices(self.specs[i], self.handles[i],
-                                               shared(min(self.replicas[i], len(inputs)) or 1))
+                out = await self._score_slices(self.specs[i], self.handles[i], ref.slices(self.replicas[i]))
             latency[self.labels[i]] = time.perf_counter() - start
             return out
 
@@ -145,14 +148,14 @@ class RewardRouter:
             raise RewardServerError("; ".join(map(str, failures)), getattr(failures[0], "objective", None))
         return ScoredBatch(np.stack(results, axis=1), latency)
 
-    async def _score_slices(self, spec: RewardSpec, handle: DeploymentHandle, refs: list) -> np.ndarray:
-        """One objective's scores of a batch put as ``refs`` (Ray resolves a top-level ref before the
-        replica's call, from the object store of the replica's node), gathered in order."""
-        if len(refs) == 1:
-            return await self._score(spec, handle, refs[0])
+    async def _score_slices(self, spec: RewardSpec, handle: DeploymentHandle, slices: list[RewardRef]) -> np.ndarray:
+        """One objective's scores of a batch sent as ``slices`` (one request each, so each replica
+        scores one), gathered in order."""
+        if len(slices) == 1:
+            return await self._score(spec, handle, slices[0])
         responses = []
-        for ref in refs:
-            response = handle.remote(ref)
+        for part in slices:
+            response = handle.remote(part)
             # Routed one at a time: once a slice is assigned, the router counts it on its replica and
             # sends the next to an idler one (slices routed at the same instant all pick the same replica).
             await response._to_object_ref()

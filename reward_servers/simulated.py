@@ -21,6 +21,7 @@ class SimulatedCost:
 
     name = "simulated_cost"
     inputs = ("samples",)
+    takes_uint8 = True  # a stand-in judge: converting images to float would be a cost nobody configured
     range = (-math.inf, math.inf)
     direction = "max"
 

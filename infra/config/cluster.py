@@ -78,3 +78,9 @@ class SimulationConfig(Strict):
     """Charged per learner rank on its shard."""
     sample_bytes: int = Field(4096, ge=8)
     """Payload per sample (e.g. a 512px SD3 latent is 16*64*64*2 bytes = 128 KiB)."""
+    image_size: int = Field(0, ge=0)
+    """Side of a decoded RGB image per sample that the reward servers receive as uint8 (0: none, the
+    rewards read the samples; 512: 768 KiB a sample, a judge's input)."""
+    condition_bytes: int = Field(0, ge=0)
+    """Encoded conditions per group that the learner receives (e.g. a FLUX Kontext source latent and
+    text embeddings: 16*64*64*2 + 512*4096*2 bytes, about 4.1 MiB)."""

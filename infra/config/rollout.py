@@ -76,5 +76,9 @@ class RolloutConfig(Strict):
     """Samples per transformer batch on a rollout actor (whole groups, at least one); None = the actor's
     whole share at once. Bounds the rollout's activation memory: each chunk is encoded, sampled and
     decoded to uint8 before the next starts. Results do not depend on it (noise is drawn per group)."""
+    groups_per_call: int = Field(0, ge=0)
+    """Groups per rollout call (0 = each actor's whole share of a step in one call). Each call's results
+    are scored as soon as they complete, so with smaller calls the scoring of a step overlaps its
+    remaining rollouts; each call costs one round trip and one reward request per objective."""
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     """How rollouts sample (ODE / SDE, steps, grid, guidance)."""

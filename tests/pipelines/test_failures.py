@@ -31,14 +31,15 @@ def consumed_ids(cfg) -> list[tuple[int, int, int]]:
 
 
 def inject_once(monkeypatch, at_step: int, action) -> None:
-    """Run ``action(trainer)`` once, right before the reward call of step index ``at_step``."""
+    """Run ``action(trainer)`` once, right before the first reward call of step index ``at_step`` (the
+    loop scores a step's rollout calls as they return, while earlier steps train)."""
     original = train_mod.Trainer.score
 
-    def score(self, batch):
-        if self.state.step == at_step and not getattr(self, "_injected", False):
+    def score(self, chunk):
+        if chunk.step == at_step and not getattr(self, "_injected", False):
             self._injected = True
             action(self)
-        return original(self, batch)
+        return original(self, chunk)
 
     monkeypatch.setattr(train_mod.Trainer, "score", score)
 

@@ -119,11 +119,11 @@ def test_sd35_preset_rehearsal_trains_registers_and_survives_failures(gpu_cluste
     original = train_mod.Trainer.score
     formations = []
 
-    def score(self, batch):
-        if self.state.step == 2 and not formations:
+    def score(self, chunk):
+        if chunk.step == 2 and not formations:
             formations.append(self.group_id)
             ray.kill(self.actors[1], no_restart=False)
-        return original(self, batch)
+        return original(self, chunk)
 
     monkeypatch.setattr(train_mod.Trainer, "score", score)
     original_close = train_mod.Trainer.close

@@ -37,10 +37,11 @@ def test_short_train_logs_everything(ray_local, tiny_base, tmp_path):
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "scatter", "eval"} <= artifacts
     assert max(m.value for m in client.get_metric_history(run.info.run_id, "loop/staleness")) <= 1
-    # Per step the driver fetched 2 prompts x 2 slots x 4 samples = 16 toy2d samples: float32 x [16, 2],
-    # float32 w [16, 2] and int64 group indices [16] = 128 + 128 + 128 bytes.
+    # Per step (2 prompts x 2 slots x 4 samples = 16) the driver fetched the rollout metadata, float32 w
+    # [16, 2] and int64 group indices [16], and the float32 scores [16, 2]: 128 + 128 + 128 bytes. On the
+    # scatter steps 3 and 6 it also fetched the figure's batch: samples, w, indices and rewards, 4 x 128.
     fetched = client.get_metric_history(run.info.run_id, "loop/driver_bytes_in")
-    assert [m.value for m in fetched] == [384.0] * 6
+    assert [m.value for m in sorted(fetched, key=lambda m: m.step)] == [384.0, 384.0, 896.0] * 2
 
 
 class Crash(RuntimeError):

@@ -152,3 +152,46 @@ def test_grid_levels_are_distinct_grid_points_and_independent_of_sharding():
     assert omitted.sum() == 400 and ((omitted - 16).abs() <= 20).all()
     # The mean level is the grid's mean (0.67 for SD3.5's grid vs 0.5 for U(0, 1)).
     assert abs(float(t.mean()) - float(grid.mean())) < 0.01 and float(grid.mean()) > 0.6
+
+
+def test_ranks_assemble_from_the_rollout_calls_exactly_the_shards_of_the_whole_step():
+    """A step of 5 rollout calls (uneven sizes, conditions and SDE trajectories) cut over 1-4 ranks: each
+    rank's shard, assembled from only the calls its rows overlap, holds the same samples, preferences,
+    trajectories, seeds and per-sample condition rows as ``TrainShard.split`` of the whole step."""
+    from policies.batch import Condition, RolloutBatch, concat_batches
+    from policies.samplers import SdeTrajectory
+    from policies.train_step import shard_bounds, shard_requests
+
+    gen = torch.Generator().manual_seed(0)
+    group_size, calls = 2, []
+    for c, groups in enumerate([3, 1, 2, 4, 1]):
+        n = groups * group_size
+        calls.append(RolloutBatch(
+            samples=torch.randn(n, 3, generator=gen), preferences=torch.rand(n, 2, generator=gen),
+            group_index=torch.arange(groups).repeat_interleave(group_size),
+            groups=[GroupSpec(0, 10 * c + g, 0, g, (0.5, 0.5)) for g in range(groups)], policy_version=1,
+            trajectory=SdeTrajectory(torch.randn(n, 4, 3, generator=gen), torch.randn(n, 3, generator=gen),
+                                     torch.linspace(1, 0, 4)),
+            conditions=Condition(text=torch.randn(groups, 5, 7, generator=gen), pooled=torch.randn(groups, 7, generator=gen))))
+    step = concat_batches(calls)
+    b = len(step)
+    adv, lam = torch.randn(b, 2, generator=gen), torch.rand(b, 2, generator=gen)
+    whole = TrainShard(step.samples, step.preferences, adv, lam, 100 + torch.arange(b), 7, step.trajectory,
+                       step.conditions, step.group_index)
+    offsets = [0, *torch.cumsum(torch.tensor([len(c) for c in calls]), 0).tolist()[:-1]]
+    parts = [(o, len(c), i) for i, (o, c) in enumerate(zip(offsets, calls))]  # the "ref" is the call's index
+    for ranks in (1, 2, 3, 4):
+        requests = shard_requests(parts, ranks, adv, lam, 100 + torch.arange(b), 7)
+        bounds = shard_bounds(b, ranks)
+        for r, (expected, (request, refs)) in enumerate(zip(whole.split(ranks), requests)):
+            rows = range(bounds[r], bounds[r + 1])
+            # Only the calls the rank's rows overlap travel to it.
+            assert refs == [i for o, n, i in parts if any(o <= x < o + n for x in rows)] or (not rows and len(refs) == 1)
+            got = request.assemble([calls[i] for i in refs])
+            assert len(got) == len(expected) and got.seed == expected.seed
+            for name in ("samples", "preferences", "advantages", "weights", "sample_seeds"):
+                assert torch.equal(getattr(got, name), getattr(expected, name)), name
+            assert torch.equal(got.trajectory.latents, expected.trajectory.latents)
+            assert torch.equal(got.trajectory.log_probs, expected.trajectory.log_probs)
+            mine, theirs = got.sample_conditions(REPS), expected.sample_conditions(REPS)
+            assert torch.equal(mine.text, theirs.text) and torch.equal(mine.pooled, theirs.pooled)

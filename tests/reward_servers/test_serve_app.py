@@ -7,10 +7,11 @@ import time
 
 import numpy as np
 import pytest
+import ray
 from ray import serve
 
 from infra.config import RewardSpec, RewardsConfig
-from reward_servers.base import RewardInputs, RewardServerError
+from reward_servers.base import RewardInputs, RewardRef, RewardServerError
 from reward_servers.client import RewardClient
 from reward_servers.serve_app import deployment_name
 
@@ -131,7 +132,19 @@ def test_a_batch_is_split_over_an_objectives_replicas_and_gathered_in_order(ray_
                         batch_wait_timeout_s=0.01)
     inputs = batch(16, seed=5)
     with RewardClient(cfg, app_name="rewards_split") as c:
-        scores = c.score(inputs)
-    pids = scores[:, 0]
-    assert len(set(pids[:8])) == 1 and len(set(pids[8:])) == 1 and pids[0] != pids[8]  # both replicas scored
-    np.testing.assert_array_equal(scores[:, 1], [len(p) for p in inputs.prompts])  # order kept
+        # By value, and by reference as the training loop sends it (the replicas read their slices).
+        for scores in (c.score(inputs), c.score(RewardRef.of(inputs, ray.put(inputs)))):
+            pids = scores[:, 0]
+            assert len(set(pids[:8])) == 1 and len(set(pids[8:])) == 1 and pids[0] != pids[8]  # both replicas scored
+            np.testing.assert_array_equal(scores[:, 1], [len(p) for p in inputs.prompts])  # order kept
+
+
+def test_a_batch_sent_by_reference_scores_as_by_value_and_names_what_it_lacks(client, local):
+    inputs = batch(12, seed=8)
+    ref = RewardRef.of(inputs, ray.put(inputs))
+    assert ref.kinds == ("samples", "prompts") and len(ref) == 12
+    np.testing.assert_array_equal(client.score(ref), client.score(inputs))
+    np.testing.assert_array_equal(local.score(ref), client.score(inputs))
+    bare = RewardInputs(inputs.samples)
+    with pytest.raises(ValueError, match="'words' .* needs 'prompts'"):
+        client.submit(RewardRef.of(bare, ray.put(bare)))
