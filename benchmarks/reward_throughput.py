@@ -7,7 +7,9 @@ scores each request alone. Then:
 1. batched vs. unbatched: ``--requests`` concurrent one-image requests to each deployment;
    scores/s of each and their ratio;
 2. router overhead: ``--calls`` sequential ``--batch``-image requests through the router vs. straight
-   to the (batched) deployment's handle; the ratio of the mean latencies.
+   to the (batched) deployment's handle; the ratio of the mean latencies. Twice: by reference (a
+   ``RewardRef`` to a batch already in the object store, as the training loop sends what a rollout
+   actor returned) and by value (the batch in the request, as an HTTP-less external caller would).
 
     python benchmarks/reward_throughput.py [--requests 64] [--batch 16] [--calls 20]
 """
@@ -54,7 +56,7 @@ def main() -> None:
     from ray import serve
 
     from infra.config import RewardSpec, RewardsConfig
-    from reward_servers.base import RewardInputs
+    from reward_servers.base import RewardInputs, RewardRef
     from reward_servers.client import RewardClient
     from reward_servers.serve_app import deployment_name
     from reward_servers.tiny_models import build_tiny_qwen2_vl
@@ -75,8 +77,10 @@ def main() -> None:
 
         inputs = RewardInputs(images(args.batch, 0), ["a red circle"] * args.batch)
         client, direct = clients[args.batch], handles[args.batch]
-        via_router = mean_latency_s(lambda x: client.score(x), inputs, args.calls)
-        straight = mean_latency_s(lambda x: direct.remote(x).result(), inputs, args.calls)
+        latency = {}
+        for how, batch in (("by reference", RewardRef.of(inputs, ray.put(inputs))), ("by value", inputs)):
+            latency[how] = (mean_latency_s(lambda x: client.score(x), batch, args.calls),
+                            mean_latency_s(lambda x: direct.remote(x).result(), batch, args.calls))
         for c in clients.values():
             c.close()
     serve.shutdown()
@@ -86,9 +90,10 @@ def main() -> None:
     for size, r in rate.items():
         print(f"  max_batch_size={size:<3} {r:8.1f} scores/s")
     print(f"  batched / unbatched = {rate[args.batch] / rate[1]:.2f}x")
-    print(f"\n{args.calls} sequential {args.batch}-image requests:")
-    print(f"  via router {via_router * 1e3:8.1f} ms   straight to the deployment {straight * 1e3:8.1f} ms")
-    print(f"  router / direct latency = {via_router / straight:.2f}x  (+{(via_router - straight) * 1e3:.1f} ms a call)")
+    for how, (via_router, straight) in latency.items():
+        print(f"\n{args.calls} sequential {args.batch}-image requests, {how}:")
+        print(f"  via router {via_router * 1e3:8.1f} ms   straight to the deployment {straight * 1e3:8.1f} ms")
+        print(f"  router / direct latency = {via_router / straight:.2f}x  (+{(via_router - straight) * 1e3:.1f} ms a call)")
 
 
 if __name__ == "__main__":

@@ -9,14 +9,15 @@ import numpy as np
 from infra.config import Config, load_config
 
 WARMUP_STEPS = 5
-"""Steps excluded from measurements: actor warm-up, first weight pulls, first Serve batches."""
+"""Steps excluded from measurements: actor warm-up, first weight pulls, first Serve batches (and the
+last step: the pipeline drains and the final checkpoint is written)."""
 
 
 def bench_config(preset: str, workdir: Path, tag: str, overrides: list[str]) -> Config:
     """``preset`` + ``overrides`` with the run dir and MLflow DB inside ``workdir``."""
     return load_config(preset, overrides + [
         f"run_dir={workdir / tag}", f"tracking.tracking_uri=sqlite:///{workdir / 'mlflow.db'}",
-        "loop.checkpoint_every=100000", "loop.scatter_every=100000"])
+        "loop.checkpoint_every=100000", "loop.scatter_every=100000", "registry.register_on_finish=false"])
 
 
 def run_steady(cfg: Config) -> dict[str, float]:
@@ -28,11 +29,12 @@ def run_steady(cfg: Config) -> dict[str, float]:
         trainer.run()
     finally:
         trainer.close()
-    wall, busy = trainer.clock.window(WARMUP_STEPS)
+    # The last step is left out too: it drains the pipeline and writes the final checkpoint.
+    wall, busy = trainer.clock.window(WARMUP_STEPS, -2)
     per_step = cfg.rollout.prompts_per_step * cfg.preferences.slots_per_prompt * cfg.rollout.group_size
-    measured_steps = cfg.loop.steps - 1 - WARMUP_STEPS
+    measured_steps = cfg.loop.steps - 2 - WARMUP_STEPS
     out = {"samples_per_s": measured_steps * per_step / wall, "step_s": wall / measured_steps, "wall_s": wall,
-           "driver_bytes_per_step": float(np.mean(trainer.bytes_in[WARMUP_STEPS + 1:]))}
+           "driver_bytes_per_step": float(np.mean(trainer.bytes_in[WARMUP_STEPS + 1:-1]))}
     out.update({f"busy_{k}": v / wall for k, v in busy.items()})
     out.update({f"ms_{k}": 1e3 * v / measured_steps for k, v in busy.items()})
     return out

@@ -80,9 +80,9 @@ class StageClock:
     def mark(self) -> None:
         self.marks.append((time.perf_counter(), dict(self.busy)))
 
-    def window(self, first: int) -> tuple[float, dict[str, float]]:
-        """Wall seconds and per-stage busy seconds from the end of step ``first`` to the last step."""
-        (t0, b0), (t1, b1) = self.marks[first], self.marks[-1]
+    def window(self, first: int, last: int = -1) -> tuple[float, dict[str, float]]:
+        """Wall seconds and per-stage busy seconds from the end of step ``first`` to the end of step ``last``."""
+        (t0, b0), (t1, b1) = self.marks[first], self.marks[last]
         return t1 - t0, {k: v - b0.get(k, 0.0) for k, v in b1.items()}
 
 

@@ -121,7 +121,7 @@ class RolloutBatch:
         servers divide by 255, bit-identically), a quarter of float32's bytes."""
         if self.images is not None:
             return channels_first(self.images.numpy())
-        return self.samples_numpy().astype(np.float32)
+        return self.samples_numpy().astype(np.float32, copy=False)
 
     def source_images(self) -> np.ndarray | None:
         """``[B, 3, H, W]`` float32 source image of each sample's group (None without editing)."""
