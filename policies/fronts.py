@@ -91,6 +91,41 @@ def slider_max_jump(preferences: np.ndarray, rewards: np.ndarray) -> np.ndarray:
     return np.where(span > 0, jumps / np.where(span > 0, span, 1.0), np.nan)
 
 
+def sample_front(rewards: list[np.ndarray]) -> np.ndarray:
+    """``[F, M]`` the non-dominated per-sample rewards pooled over ``rewards`` (each ``[N_i, M]``),
+    duplicates once (moocore's O(n log n) filter: the pool holds ~10^5 samples)."""
+    pooled = np.concatenate([np.asarray(r, dtype=np.float64) for r in rewards])
+    return pooled[moocore.is_nondominated(pooled, maximise=True)]
+
+
+def front_coverage(samples: np.ndarray, front: np.ndarray, tol: float) -> float:
+    """Share of the per-sample ``front [F, M]`` that ``samples [N, M]`` reach within ``tol``.
+
+    A front point ``f`` is reached when some sample ``s`` has ``s_m >= f_m - tol * span_m`` for every
+    ``m``, with ``span_m`` the front's range in objective ``m`` (per-objective units, so no objective's
+    scale decides). ``front`` is the non-dominated set of the per-sample rewards of every method
+    compared (:func:`non_dominated`), so each method is scored against the same front; a switch that
+    only ever samples the ends misses the compromises that another method's samples reach, however
+    high its hypervolume of means. The front is weighted by where non-dominated samples lie.
+
+    ``tol``: half the sweep's grid step (``0.5 / (points_per_edge - 1)``), so a slider moving evenly
+    along the front is within tolerance of every front point, and a switch is not.
+    """
+    s, f = np.asarray(samples, dtype=np.float64), np.asarray(front, dtype=np.float64)
+    span = np.ptp(f, axis=0)
+    slack = f - tol * np.where(span > 0, span, 0.0)
+    reached = np.zeros(len(f), dtype=bool)
+    for i in range(0, len(s), 4096):
+        reached |= (s[i:i + 4096, None, :] >= slack[None]).all(-1).any(0)
+    return float(reached.mean())
+
+
+def seed_spread(means: np.ndarray) -> np.ndarray:
+    """``[P, M]`` std over seeds of each sweep point's mean reward, from ``means [S, P, M]`` (ddof 0,
+    as the tables' ``mean ± std``): where along the front each seed settles, point by point."""
+    return np.asarray(means, dtype=np.float64).std(axis=0)
+
+
 def mean_interval(x: np.ndarray, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
     """Per column of ``x [N, M]``: the mean and the half-width of its ``confidence`` t-interval."""
     x = np.asarray(x, dtype=np.float64)

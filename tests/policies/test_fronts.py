@@ -104,3 +104,45 @@ def test_max_jump_scores_a_switch_at_one_and_an_even_slider_at_one_step():
     # 3 objectives on the lattice with 4 points per edge: r = w moves 1/3 of its range per step.
     w3 = simplex_grid(3, 4)
     np.testing.assert_allclose(slider_max_jump(w3, w3), [1 / 3] * 3)
+
+
+def test_sample_front_is_the_brute_force_non_dominated_set_of_the_pool():
+    from policies.fronts import sample_front
+
+    rng = np.random.default_rng(1)
+    parts = [rng.normal(size=(150, 3)), rng.normal(size=(80, 3)) + 0.3]
+    parts[1][:2] = parts[0][:2]  # duplicates across parts are kept once
+    pool = np.concatenate(parts)
+    expected = {tuple(p) for p in pool
+                if not any((q >= p).all() and (q > p).any() for q in pool)}
+    got = sample_front(parts)
+    assert len(got) == len({tuple(p) for p in got}) == len(expected)
+    assert {tuple(p) for p in got} == expected
+
+
+def test_coverage_counts_front_points_some_sample_reaches_within_tolerance():
+    from policies.fronts import front_coverage
+
+    # A linear front sampled at 11 points; a switch only ever samples its two ends.
+    t = np.linspace(0, 1, 11)
+    front = np.stack([t, 1 - t], axis=1)
+    switch = np.array([[0.0, 1.0], [1.0, 0.0]])
+    assert front_coverage(switch, front, tol=0.05) == pytest.approx(2 / 11)
+    assert front_coverage(front, front, tol=0.0) == 1.0
+    # An even slider at 6 points (step 0.2) reaches every point within half its step, not within less.
+    slider = front[::2]
+    assert front_coverage(slider, front, tol=0.1) == 1.0
+    assert front_coverage(slider, front, tol=0.09) == pytest.approx(6 / 11)
+    # Brute force on random clouds: f is reached iff some s has s_m >= f_m - tol * span_m for every m.
+    rng = np.random.default_rng(2)
+    f, s = rng.normal(size=(40, 3)) * [1.0, 10.0, 0.1], rng.normal(size=(300, 3)) * [1.0, 10.0, 0.1]
+    span = f.max(0) - f.min(0)
+    reached = [any(all(si[m] >= fi[m] - 0.1 * span[m] for m in range(3)) for si in s) for fi in f]
+    assert front_coverage(s, f, tol=0.1) == pytest.approx(np.mean(reached))
+
+
+def test_seed_spread_is_the_std_over_seeds_per_point():
+    from policies.fronts import seed_spread
+
+    means = np.array([[[0.0, 1.0], [2.0, 2.0]], [[2.0, 1.0], [2.0, 6.0]]])  # [S=2, P=2, M=2]
+    np.testing.assert_allclose(seed_spread(means), [[1.0, 0.0], [0.0, 2.0]])
