@@ -200,7 +200,7 @@ def front_summary(points: FrontPoints, ref: np.ndarray, names: list[str], front:
     jump = slider_max_jump(points.preferences, points.mean) if swept else np.full(len(names), np.nan)
     out.update({f"max_jump_{n}": float(x) for n, x in zip(names, jump)})
     out["max_jump"] = float(np.nanmax(jump)) if np.isfinite(jump).any() else float("nan")
-    out["coverage"] = (front_coverage(np.concatenate(points.sample_rewards), front, tol) if front is not None
+    out["coverage"] = (front_coverage(points.sample_rewards, front, tol) if front is not None
                        else float("nan"))
     return out
 

@@ -98,26 +98,33 @@ def sample_front(rewards: list[np.ndarray]) -> np.ndarray:
     return pooled[moocore.is_nondominated(pooled, maximise=True)]
 
 
-def front_coverage(samples: np.ndarray, front: np.ndarray, tol: float) -> float:
-    """Share of the per-sample ``front [F, M]`` that ``samples [N, M]`` reach within ``tol``.
+def front_coverage(samples: list[np.ndarray], front: np.ndarray, tol: float) -> float:
+    """How well one setting of the slider delivers each point of the per-sample ``front [F, M]``:
+    the mean over front points ``f`` of ``max_p P_p(f)``, where ``P_p(f)`` is the share of setting
+    ``p``'s samples (``samples[p]``, ``[N_p, M]``) with ``s_m >= f_m - tol * span_m`` for every ``m``
+    (``span_m``: the front's range in objective ``m``).
 
-    A front point ``f`` is reached when some sample ``s`` has ``s_m >= f_m - tol * span_m`` for every
-    ``m``, with ``span_m`` the front's range in objective ``m`` (per-objective units, so no objective's
-    scale decides). ``front`` is the non-dominated set of the per-sample rewards of every method
-    compared (:func:`non_dominated`), so each method is scored against the same front; a switch that
-    only ever samples the ends misses the compromises that another method's samples reach, however
-    high its hypervolume of means. The front is weighted by where non-dominated samples lie.
+    1 when for every front point some ``w`` gives it (within ``tol``) with every sample; a switch
+    scores low on the compromises, however high its hypervolume of means, and a 50/50 mixture of the
+    ends reaches a middle point only with its few samples caught in between. ``front`` is the
+    non-dominated set of the per-sample rewards of every method compared (:func:`sample_front`), so
+    every method is scored against the same front; its points weigh the front by where
+    non-dominated samples lie.
 
     ``tol``: half the sweep's grid step (``0.5 / (points_per_edge - 1)``), so a slider moving evenly
-    along the front is within tolerance of every front point, and a switch is not.
+    along the front has a setting within tolerance of every front point.
     """
-    s, f = np.asarray(samples, dtype=np.float64), np.asarray(front, dtype=np.float64)
+    f = np.asarray(front, dtype=np.float64)
     span = np.ptp(f, axis=0)
     slack = f - tol * np.where(span > 0, span, 0.0)
-    reached = np.zeros(len(f), dtype=bool)
-    for i in range(0, len(s), 4096):
-        reached |= (s[i:i + 4096, None, :] >= slack[None]).all(-1).any(0)
-    return float(reached.mean())
+    best = np.zeros(len(f))
+    for s in samples:
+        s = np.asarray(s, dtype=np.float64)
+        share = np.zeros(len(f))
+        for i in range(0, len(s), 1024):
+            share += (s[i:i + 1024, None, :] >= slack[None]).all(-1).sum(0)
+        best = np.maximum(best, share / len(s))
+    return float(best.mean())
 
 
 def seed_spread(means: np.ndarray) -> np.ndarray:
