@@ -29,11 +29,11 @@ from infra.checkpoint import atomic_write_text, load_latest_checkpoint
 from infra.config import Config, apply_override
 from infra.ray_init import start_ray
 from infra.tracking import Tracker
-from pipelines.evaluate import (BaseEval, FrontPoints, Score, eval_rewards_client, evaluate_base, evaluate_points,
-                                front_summary, load_policy, local_sampler, shared_reference)
+from pipelines.evaluate import (BaseEval, FrontPoints, Score, coverage_tolerance, eval_rewards_client, evaluate_base,
+                                evaluate_points, front_summary, load_policy, local_sampler, shared_reference)
 from pipelines.plots import front_plot
 from pipelines.pretrain import ensure_base
-from policies.fronts import count_dominated, dominates, non_dominated
+from policies.fronts import count_dominated, dominates, non_dominated, sample_front, seed_spread
 from policies.policy import build_policy
 from policies.preferences import simplex_grid
 
@@ -146,14 +146,14 @@ def evaluate_seed(cfg: Config, seed: int, runs: list[TrainingRun], score: Score,
     budget = cfg.loop.steps * samples_per_step(cfg)
     fixed = [r for r in runs if r.preference is not None]
     sweeps: list[tuple[FrontPoints, int]] = []  # (points, training runs)
-    at_lattice: FrontPoints | None = None
+    at_lattice: dict[str, FrontPoints] = {}  # each slider at the fixed models' own w
     for run in runs:
         if run.preference is None:
             sample = local_sampler(load_policy(run.cfg, run.cfg.run_dir, base_ckpt), cfg)
             sweeps.append((evaluate_points(sample, cfg, grid, score, run.key, base, eval_seed), 1))
-            if run.key == "slider" and fixed:
+            if fixed:
                 lattice = np.stack([r.preference for r in fixed])
-                at_lattice = evaluate_points(sample, cfg, lattice, score, "slider", base, eval_seed)
+                at_lattice[run.key] = evaluate_points(sample, cfg, lattice, score, run.key, base, eval_seed)
     rows_fixed: list[FrontPoints] = []
     if "fixed" in cc.methods:
         for run in fixed:
@@ -177,18 +177,24 @@ def evaluate_seed(cfg: Config, seed: int, runs: list[TrainingRun], score: Score,
         methods.append((base_point, 0))
 
     slider = next((p for p, _ in methods if p.method == "slider"), None)
+    union = next((p for p, _ in methods if p.method == "fixed"), None)
+    sample_pool = sample_front([r for p, _ in methods for r in p.sample_rewards])  # one front for every method
     summary = []
     for points, n_runs in methods:
-        row = {"seed": seed, "method": points.method, "training_runs": n_runs,
-               "total_samples": n_runs * budget, **front_summary(points, ref, names)}
+        row = {"seed": seed, "method": points.method, "training_runs": n_runs, "total_samples": n_runs * budget,
+               **front_summary(points, ref, names, sample_pool, coverage_tolerance(cfg))}
         if slider is not None:
             row["hv_ratio_to_slider"] = row["hypervolume"] / front_summary(slider, ref, names)["hypervolume"]
             front = slider.mean[non_dominated(slider.mean)]
             row["dominated_by_slider"] = count_dominated(front, points.mean)
-            reference = at_lattice if points.method == "fixed" else slider
+            reference = at_lattice.get("slider") if points.method == "fixed" else slider
             comparable = points.method not in ("slider", "base")
             better, worse = matched(reference, points) if comparable else (np.nan, np.nan)
             row["matched_slider_better"], row["matched_slider_worse"] = better, worse
+        if union is not None:
+            row["hv_ratio_to_fixed"] = row["hypervolume"] / front_summary(union, ref, names)["hypervolume"]
+            better, worse = matched(at_lattice[points.method], union) if points.method in at_lattice else (np.nan,) * 2
+            row["matched_fixed_better"], row["matched_fixed_worse"] = better, worse
         summary.append(row)
     return SeedResult([p for p, _ in methods], summary)
 
@@ -201,10 +207,17 @@ def concat_points(method: str, parts: list[FrontPoints]) -> FrontPoints:
 
 SUMMARY_COLUMNS = [("training_runs", "training runs", "{:.0f}"), ("total_samples", "total samples", "{:,.0f}"),
                    ("hypervolume", "hypervolume", "{:.3f}"), ("hv_ratio_to_slider", "HV / slider", "{:.3f}"),
+                   ("hv_ratio_to_fixed", "HV / fixed union", "{:.3f}"),
                    ("best_sample_hv", "best per-sample HV", "{:.3f}"),
                    ("dominated_by_slider", "points dominated by slider front", "{:.1f}"),
                    ("matched_slider_better", "matched w: slider dominates", "{:.1f}"),
-                   ("matched_slider_worse", "matched w: slider dominated", "{:.1f}"), ("drift", "drift", "{:.3f}")]
+                   ("matched_slider_worse", "matched w: slider dominated", "{:.1f}"),
+                   ("matched_fixed_better", "matched w: dominates fixed", "{:.1f}"),
+                   ("matched_fixed_worse", "matched w: dominated by fixed", "{:.1f}"),
+                   ("max_jump", "max jump", "{:.2f}"), ("coverage", "coverage", "{:.2f}"),
+                   ("seed_spread", "seed spread", "{:.3f}"), ("drift", "drift", "{:.3f}")]
+ACROSS_SEEDS = ("training_runs", "total_samples", "seed_spread")
+"""Columns with one value per method (no ``± std`` over seeds)."""
 
 
 def markdown_table(summary: list[dict], names: list[str]) -> str:
@@ -221,12 +234,35 @@ def markdown_table(summary: list[dict], names: list[str]) -> str:
             vals = np.array([r.get(key, np.nan) for r in rows], dtype=np.float64)
             if np.isnan(vals).all():
                 cells.append("–")
-            elif len(seeds) > 1 and key not in ("training_runs", "total_samples"):
+            elif len(seeds) > 1 and key not in ACROSS_SEEDS:
                 cells.append(f"{fmt.format(np.nanmean(vals))} ± {fmt.format(np.nanstd(vals))}")
             else:
                 cells.append(fmt.format(np.nanmean(vals)))
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def seed_spreads(point_rows: list[dict], names: list[str]) -> tuple[dict[str, float], list[dict]]:
+    """Where each seed settles along the front: per method evaluated at ``w`` (sweeps and fixed models),
+    the std over seeds of each point's mean reward (:func:`policies.fronts.seed_spread`).
+
+    Returns per method the mean over points and objectives of that std as a share of the objective's
+    range over every method's means (one number, comparable across objectives), and the per-point rows.
+    """
+    seeds = sorted({r["seed"] for r in point_rows})
+    r_cols = [f"r_{n}" for n in names]
+    span = np.ptp(np.array([[r[c] for c in r_cols] for r in point_rows]), axis=0)
+    share, rows = {}, []
+    for method in dict.fromkeys(r["method"] for r in point_rows):
+        per_seed = [[r for r in point_rows if r["method"] == method and r["seed"] == s] for s in seeds]
+        if len(seeds) < 2 or method == "base" or len({len(p) for p in per_seed}) != 1:
+            continue
+        std = seed_spread(np.array([[[r[c] for c in r_cols] for r in p] for p in per_seed]))
+        share[method] = float((std / np.where(span > 0, span, 1.0)).mean())
+        for point, sd in zip(per_seed[0], std):
+            rows.append({"method": method, **{k: point[k] for k in point if k.startswith("w_")},
+                         **{f"std_{n}": float(x) for n, x in zip(names, sd)}})
+    return share, rows
 
 
 def compare(cfg: Config, seeds: list[int], progress: bool = True) -> list[dict]:
@@ -263,12 +299,19 @@ def compare(cfg: Config, seeds: list[int], progress: bool = True) -> list[dict]:
     finally:
         client.close()
 
+    spread, spread_rows = seed_spreads(point_rows, names)
+    for row in summary:
+        row["seed_spread"] = spread.get(row["method"], np.nan)
     pq.write_table(pa.Table.from_pylist(summary), out_dir / "comparison.parquet")
     pq.write_table(pa.Table.from_pylist(point_rows), out_dir / "points.parquet")
+    if spread_rows:
+        pq.write_table(pa.Table.from_pylist(spread_rows), out_dir / "seed_spread.parquet")
     seeds_txt = ",".join(map(str, seeds))
     md = (f"# {cfg.name}: slider vs. baselines (seeds {seeds_txt})\n\n"
           f"Hypervolume reference point (shared): {np.round(ref, 4).tolist()}; "
-          f"{cfg.loop.steps} steps x {samples_per_step(cfg)} samples per training run.\n\n"
+          f"{cfg.loop.steps} steps x {samples_per_step(cfg)} samples per training run. Coverage: share of the "
+          f"per-sample front of all methods reached within {coverage_tolerance(cfg):.3g} of its range; seed "
+          "spread: std over seeds of each point's mean, as a share of the objective's range (seed_spread.parquet).\n\n"
           + markdown_table(summary, names))
     atomic_write_text(out_dir / "comparison.md", md)
     for seed, fig in figures:
@@ -277,7 +320,7 @@ def compare(cfg: Config, seeds: list[int], progress: bool = True) -> list[dict]:
     tracker = Tracker.start(cfg.model_copy(update={"tracking": cfg.tracking.model_copy(
         update={"run_name": f"compare/{cfg.name}"})}))
     tracker.set_tags({"paretoslider.seeds": seeds_txt, "paretoslider.reference_point": np.round(ref, 6).tolist()})
-    for name in ("comparison.parquet", "points.parquet", "comparison.md"):
+    for name in ["comparison.parquet", "points.parquet", "comparison.md"] + ["seed_spread.parquet"] * bool(spread_rows):
         tracker.log_artifact(out_dir / name, "compare")
     for seed, fig in figures:
         tracker.log_figure(fig, f"compare/pareto_seed{seed}.png")

@@ -25,8 +25,8 @@ from infra.tracking import Tracker
 from pipelines.plots import front_plot, sweep_grid, sweep_strip
 from pipelines.pretrain import ensure_base
 from policies.batch import GroupSpec, RolloutBatch, concat_batches
-from policies.fronts import (hypervolume, mean_interval, nearest_distance, non_dominated, reference_point,
-                             sample_hypervolume, slider_max_jump, slider_monotonicity)
+from policies.fronts import (front_coverage, hypervolume, mean_interval, nearest_distance, non_dominated,
+                             reference_point, sample_front, sample_hypervolume, slider_max_jump, slider_monotonicity)
 from policies.policy import Policy, build_policy
 from policies.preferences import simplex_grid
 from policies.prompts import prompt_set
@@ -171,8 +171,14 @@ def shared_reference(cfg: Config, base: BaseEval) -> np.ndarray:
     return reference_point(base.rewards, ev.ref_quantile, ev.ref_margin)
 
 
-def front_summary(points: FrontPoints, ref: np.ndarray, names: list[str]) -> dict:
-    """Hypervolume, front size, best per-sample HV, slider monotonicity, controllability and drift of one method.
+def coverage_tolerance(cfg: Config) -> float:
+    """Half the sweep's grid step: an evenly moving slider is this close to every front point."""
+    return 0.5 / (cfg.evaluation.points_per_edge - 1)
+
+
+def front_summary(points: FrontPoints, ref: np.ndarray, names: list[str], front: np.ndarray | None = None,
+                  tol: float = 0.05) -> dict:
+    """Hypervolume, front size, best per-sample HV, slider monotonicity, controllability, coverage and drift of one method.
 
     Controllability: ``max_jump_<m>``, the largest change of objective ``m``'s mean between adjacent sweep
     points as a share of its range over the sweep (a switch scores 1 however high its hypervolume),
@@ -180,6 +186,9 @@ def front_summary(points: FrontPoints, ref: np.ndarray, names: list[str]) -> dic
 
     Best per-sample HV: the largest ``sample_hypervolume`` of any one point — the best compromise a
     single setting delivers sample by sample; unlike a mean over points, a denser sweep cannot raise it.
+
+    Coverage (with ``front``, the per-sample front of every method compared): the share of it that the
+    method's samples reach within ``tol`` (:func:`policies.fronts.front_coverage`).
     """
     out = {"method": points.method, "points": len(points.mean),
            "front_points": int(non_dominated(points.mean).sum()),
@@ -191,6 +200,8 @@ def front_summary(points: FrontPoints, ref: np.ndarray, names: list[str]) -> dic
     jump = slider_max_jump(points.preferences, points.mean) if swept else np.full(len(names), np.nan)
     out.update({f"max_jump_{n}": float(x) for n, x in zip(names, jump)})
     out["max_jump"] = float(np.nanmax(jump)) if np.isfinite(jump).any() else float("nan")
+    out["coverage"] = (front_coverage(points.sample_rewards, front, tol) if front is not None
+                       else float("nan"))
     return out
 
 
@@ -235,7 +246,9 @@ def sweep_model(sample: SampleFn, cfg: Config, score: Score, method: str = "slid
     batches = sample_points(sample, cfg, grid, seed)
     points = score_points(batches, cfg, grid, score, method, base)
     ref = shared_reference(cfg, base)
-    summary = {**front_summary(points, ref, names), "base_hypervolume": front_summary(base_point, ref, names)["hypervolume"]}
+    front = sample_front(points.sample_rewards + base_point.sample_rewards)
+    summary = {**front_summary(points, ref, names, front, coverage_tolerance(cfg)),
+               "base_hypervolume": front_summary(base_point, ref, names)["hypervolume"]}
     return Sweep(points, base_point, ref, summary, batches, base.batch)
 
 

@@ -91,6 +91,48 @@ def slider_max_jump(preferences: np.ndarray, rewards: np.ndarray) -> np.ndarray:
     return np.where(span > 0, jumps / np.where(span > 0, span, 1.0), np.nan)
 
 
+def sample_front(rewards: list[np.ndarray]) -> np.ndarray:
+    """``[F, M]`` the non-dominated per-sample rewards pooled over ``rewards`` (each ``[N_i, M]``),
+    duplicates once (moocore's O(n log n) filter: the pool holds ~10^5 samples)."""
+    pooled = np.concatenate([np.asarray(r, dtype=np.float64) for r in rewards])
+    return pooled[moocore.is_nondominated(pooled, maximise=True)]
+
+
+def front_coverage(samples: list[np.ndarray], front: np.ndarray, tol: float) -> float:
+    """How well one setting of the slider delivers each point of the per-sample ``front [F, M]``:
+    the mean over front points ``f`` of ``max_p P_p(f)``, where ``P_p(f)`` is the share of setting
+    ``p``'s samples (``samples[p]``, ``[N_p, M]``) with ``s_m >= f_m - tol * span_m`` for every ``m``
+    (``span_m``: the front's range in objective ``m``).
+
+    1 when for every front point some ``w`` gives it (within ``tol``) with every sample; a switch
+    scores low on the compromises, however high its hypervolume of means, and a 50/50 mixture of the
+    ends reaches a middle point only with its few samples caught in between. ``front`` is the
+    non-dominated set of the per-sample rewards of every method compared (:func:`sample_front`), so
+    every method is scored against the same front; its points weigh the front by where
+    non-dominated samples lie.
+
+    ``tol``: half the sweep's grid step (``0.5 / (points_per_edge - 1)``), so a slider moving evenly
+    along the front has a setting within tolerance of every front point.
+    """
+    f = np.asarray(front, dtype=np.float64)
+    span = np.ptp(f, axis=0)
+    slack = f - tol * np.where(span > 0, span, 0.0)
+    best = np.zeros(len(f))
+    for s in samples:
+        s = np.asarray(s, dtype=np.float64)
+        share = np.zeros(len(f))
+        for i in range(0, len(s), 1024):
+            share += (s[i:i + 1024, None, :] >= slack[None]).all(-1).sum(0)
+        best = np.maximum(best, share / len(s))
+    return float(best.mean())
+
+
+def seed_spread(means: np.ndarray) -> np.ndarray:
+    """``[P, M]`` std over seeds of each sweep point's mean reward, from ``means [S, P, M]`` (ddof 0,
+    as the tables' ``mean ± std``): where along the front each seed settles, point by point."""
+    return np.asarray(means, dtype=np.float64).std(axis=0)
+
+
 def mean_interval(x: np.ndarray, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
     """Per column of ``x [N, M]``: the mean and the half-width of its ``confidence`` t-interval."""
     x = np.asarray(x, dtype=np.float64)

@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import TINY_MODEL
 from infra.config import Config
-from pipelines.compare import markdown_table, matched, soup_state, training_runs
+from pipelines.compare import markdown_table, matched, seed_spreads, soup_state, training_runs
 from pipelines.evaluate import FrontPoints
 
 
@@ -85,6 +85,24 @@ def test_matched_counts_and_markdown():
                for s, hv in ((0, 1.0), (1, 3.0))]
     md = markdown_table(summary, ["a", "b"])
     assert "| slider | 1 | 100 | 2.000 ± 1.000 |" in md
+
+
+def test_seed_spread_per_point_and_as_a_share_of_each_objective_range():
+    def row(seed, method, w, r):
+        return {"seed": seed, "method": method, "w_a": w, "w_b": 1 - w, "r_a": r[0], "r_b": r[1]}
+
+    rows = [row(0, "slider", 0.0, (0.0, 4.0)), row(0, "slider", 1.0, (4.0, 0.0)), row(0, "base", np.nan, (1.0, 1.0)),
+            row(1, "slider", 0.0, (2.0, 4.0)), row(1, "slider", 1.0, (4.0, 0.0)), row(1, "base", np.nan, (1.0, 1.0))]
+    share, per_point = seed_spreads(rows, ["a", "b"])
+    assert list(share) == ["slider"]  # the base takes no w
+    # std over the 2 seeds: 1 at (w=0, a), 0 elsewhere; ranges of a and b over every mean: 4 and 4.
+    assert share["slider"] == pytest.approx((1 / 4) / 4)
+    assert per_point == [{"method": "slider", "w_a": 0.0, "w_b": 1.0, "std_a": 1.0, "std_b": 0.0},
+                         {"method": "slider", "w_a": 1.0, "w_b": 0.0, "std_a": 0.0, "std_b": 0.0}]
+    assert seed_spreads(rows[:3], ["a", "b"]) == ({}, [])  # one seed: no spread
+    md = markdown_table([{"seed": s, "method": "slider", "seed_spread": 0.0625, "coverage": c}
+                         for s, c in ((0, 0.5), (1, 0.7))], ["a", "b"])
+    assert "| 0.60 ± 0.10 | 0.062 |" in md  # coverage over seeds; the spread is one number across them
 
 
 @pytest.mark.slow

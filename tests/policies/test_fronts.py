@@ -104,3 +104,51 @@ def test_max_jump_scores_a_switch_at_one_and_an_even_slider_at_one_step():
     # 3 objectives on the lattice with 4 points per edge: r = w moves 1/3 of its range per step.
     w3 = simplex_grid(3, 4)
     np.testing.assert_allclose(slider_max_jump(w3, w3), [1 / 3] * 3)
+
+
+def test_sample_front_is_the_brute_force_non_dominated_set_of_the_pool():
+    from policies.fronts import sample_front
+
+    rng = np.random.default_rng(1)
+    parts = [rng.normal(size=(150, 3)), rng.normal(size=(80, 3)) + 0.3]
+    parts[1][:2] = parts[0][:2]  # duplicates across parts are kept once
+    pool = np.concatenate(parts)
+    expected = {tuple(p) for p in pool
+                if not any((q >= p).all() and (q > p).any() for q in pool)}
+    got = sample_front(parts)
+    assert len(got) == len({tuple(p) for p in got}) == len(expected)
+    assert {tuple(p) for p in got} == expected
+
+
+def test_coverage_is_the_best_share_of_one_settings_samples_reaching_each_front_point():
+    from policies.fronts import front_coverage
+
+    # A linear front at 11 points. A switch: its settings give one end or the other, and its middle
+    # setting a 50/50 mixture of the ends.
+    t = np.linspace(0, 1, 11)
+    front = np.stack([t, 1 - t], axis=1)
+    ends = np.array([[0.0, 1.0], [1.0, 0.0]])
+    switch = [ends[[0]], ends[[1]], ends]
+    assert front_coverage(switch, front, tol=0.05) == pytest.approx(2 / 11)
+    assert front_coverage([front], front, tol=0.0) == pytest.approx(1 / 11)  # one setting, each sample once
+    # An even slider at 6 settings (step 0.2) reaches every point within half its step, not within less.
+    slider = [front[[i]] for i in range(0, 11, 2)]
+    assert front_coverage(slider, front, tol=0.1) == 1.0
+    assert front_coverage(slider, front, tol=0.09) == pytest.approx(6 / 11)
+    # Brute force on random clouds: per front point, the best share over settings of samples s with
+    # s_m >= f_m - tol * span_m for every m.
+    rng = np.random.default_rng(2)
+    scale = np.array([1.0, 10.0, 0.1])
+    f = rng.normal(size=(40, 3)) * scale
+    settings = [rng.normal(size=(n, 3)) * scale + rng.normal(size=3) for n in (50, 1500, 7)]
+    span = f.max(0) - f.min(0)
+    best = [max(np.mean([all(si[m] >= fi[m] - 0.1 * span[m] for m in range(3)) for si in s]) for s in settings)
+            for fi in f]
+    assert front_coverage(settings, f, tol=0.1) == pytest.approx(np.mean(best))
+
+
+def test_seed_spread_is_the_std_over_seeds_per_point():
+    from policies.fronts import seed_spread
+
+    means = np.array([[[0.0, 1.0], [2.0, 2.0]], [[2.0, 1.0], [2.0, 6.0]]])  # [S=2, P=2, M=2]
+    np.testing.assert_allclose(seed_spread(means), [[1.0, 0.0], [0.0, 2.0]])
