@@ -317,10 +317,11 @@ class Trainer:
         groups; each call carries the newest weight handle and the version it must sample with at least."""
         groups = plan_groups(self.cfg, step)
         work = StepWork(step, [])
-        offset, per_call = 0, self.cfg.rollout.groups_per_call
+        offset = 0
         for i, share in enumerate(np.array_split(np.arange(len(groups)), len(self.actors))):
-            for j in range(0, len(share), per_call or max(1, len(share))):
-                part = [groups[k] for k in share[j:j + (per_call or len(share))]]
+            per_call = self.cfg.rollout.groups_per_call or max(1, len(share))
+            for j in range(0, len(share), per_call):
+                part = [groups[k] for k in share[j:j + per_call]]
                 chunk = Chunk(step, i, part, offset, len(part) * self.cfg.rollout.group_size, [])
                 offset += chunk.size
                 work.chunks.append(chunk)
