@@ -80,7 +80,7 @@ def main() -> None:
                                  "ideal_sps": r["samples_per_s"] * r["step_s"] / ideal_step})
                     print(f"{variant} actors={n} {mode}: {r['samples_per_s']:.0f} samples/s, "
                           f"{r['samples_per_s'] / rows[-1]['ideal_sps']:.2f} of ideal", flush=True)
-    print(f"\n| variant | actors | mode | samples/s | ideal | measured / ideal | bound by | driver bytes in / step |")
+    print("\n| variant | actors | mode | samples/s | ideal | measured / ideal | bound by | driver bytes in / step |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:
         r = row["r"]

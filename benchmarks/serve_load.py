@@ -120,7 +120,7 @@ def main() -> None:
     s = cfg.serve
     print(f"\nslider endpoint on loopback: 1 replica ({s.num_cpus} CPU), {s.points_per_request} points + PNG per "
           f"request; batched = max_batch_size {s.max_batch_size}, wait {1e3 * s.batch_wait_timeout_s:g} ms\n")
-    print(f"| mode | clients | req/s | p50 ms | p99 ms | mean batch |\n| --- | --- | --- | --- | --- | --- |")
+    print("| mode | clients | req/s | p50 ms | p99 ms | mean batch |\n| --- | --- | --- | --- | --- | --- |")
     for mode, per in results.items():
         for clients, r in per.items():
             print(f"| {mode} | {clients} | {r['rps']:.0f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['batch']:.1f} |")
