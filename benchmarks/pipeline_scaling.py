@@ -93,6 +93,14 @@ def main() -> None:
         r = row["r"]
         print(f"| {row['variant']} | {row['actors']} | {row['mode']} | {1e3 * r['step_s']:.1f} | "
               + " | ".join(f"{r.get(f'ms_{p}', 0.0):.1f}" for p in DRIVER_PHASES) + " |")
+    roles = sorted({k.removeprefix("cpu_ms_") for row in rows for k in row["r"] if k.startswith("cpu_ms_")})
+    print("\nCPU time per step, ms, by process (load = CPU seconds / (wall x cores) of the machine):\n")
+    print("| variant | actors | mode | step | load | " + " | ".join(roles) + " |")
+    print("| --- | --- | --- | --- | --- | " + " | ".join("---" for _ in roles) + " |")
+    for row in rows:
+        r = row["r"]
+        print(f"| {row['variant']} | {row['actors']} | {row['mode']} | {1e3 * r['step_s']:.1f} | {r['cpu_load']:.2f} | "
+              + " | ".join(f"{r.get(f'cpu_ms_{k}', 0.0):.1f}" for k in roles) + " |")
 
 
 if __name__ == "__main__":

@@ -20,9 +20,14 @@ TINY_MODEL = {"hidden_dim": 32, "num_blocks": 2, "time_embed_dim": 16, "pref_hid
 
 
 def start_local_ray():
+    """As ``infra.ray_init.start_ray`` starts one (tensors through ``infra.tensor_transport``), quieter."""
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from infra import tensor_transport
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"worker_process_setup_hook": tensor_transport.SETUP_HOOK})
+    tensor_transport.register()
 
 
 def stop_ray() -> None:
