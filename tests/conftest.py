@@ -101,7 +101,13 @@ def mlflow_server(tmp_path_factory):
             time.sleep(0.5)
     yield url
     os.killpg(proc.pid, 15)  # its own session: the server and its uvicorn worker
-    proc.wait(30)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        # A loaded machine can take longer than that to run gunicorn's graceful shutdown; nothing of
+        # the server's state is needed after the session, so stop it hard rather than fail the teardown.
+        os.killpg(proc.pid, 9)
+        proc.wait(30)
 
 
 @pytest.fixture(scope="session")
