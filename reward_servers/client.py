@@ -2,8 +2,9 @@
 
 ``submit`` returns at once with a ``PendingScores``; ``result()`` blocks until the ``[B, M]`` scores
 are back (and ``latency_s`` holds each objective's seconds), re-submitting a failed or timed-out call up to ``retries`` times with exponential
-backoff, then raising a ``RewardServerError`` that names the objective. ``backend="serve"`` calls
-the Ray Serve router; ``backend="local"`` scores in driver threads with the same rewards.
+backoff, then raising a ``RewardServerError`` that names the objective. ``backend="serve"`` sends a
+:class:`RewardRef` (the training loop's batches) straight to every objective's Serve deployment and
+anything else through the router; ``backend="local"`` scores in driver threads with the same rewards.
 """
 
 from __future__ import annotations
@@ -71,11 +72,11 @@ class RewardClient:
         self.app_name = app_name
         self._pool: ThreadPoolExecutor | None = None
         if cfg.backend == "serve":
-            from reward_servers.serve_app import deploy_rewards
-
-            from reward_servers.serve_app import shutdown_rewards
+            from reward_servers.serve_app import deploy_rewards, objective_handles, shutdown_rewards
 
             self._router = deploy_rewards(cfg, app_name, system_metrics)
+            self._handles = objective_handles(cfg, app_name)
+            self._replicas = [spec.num_replicas or cfg.num_replicas for spec in cfg.objectives]
             try:
                 self.infos: list[RewardInfo] = self._router.describe.remote().result(timeout_s=cfg.timeout_s)
             except Exception as err:
@@ -117,6 +118,8 @@ class RewardClient:
         return self.submit(inputs).result()
 
     def _start_serve(self, inputs: RewardInputs | RewardRef) -> Attempt:
+        if isinstance(inputs, RewardRef) and self._handles is not None:
+            return self._start_direct(inputs)
         response = self._router.score.remote(inputs)
         timeout_s = self.cfg.timeout_s + ROUTER_GRACE_S
 
@@ -135,6 +138,49 @@ class RewardClient:
                     raise RewardServerError(str(cause), cause.objective) from None
                 raise RewardServerError(f"reward router of app '{self.app_name}' failed: "
                                         f"{type(cause).__name__}: {cause}") from None
+
+        return wait
+
+    def _start_direct(self, ref: RewardRef) -> Attempt:
+        """Fan ``ref`` out to every objective's deployment from this process: the router's slicing over
+        an objective's replicas without the router's hop (its per-call CPU is the loop's largest Serve
+        cost, docs/cluster.md). The requests go out from the thread that waits, because routing a slice
+        blocks until a replica has taken it."""
+        from reward_servers.serve_app import replica_error, timeout_error
+
+        specs, timeout_s = self.cfg.objectives, self.cfg.timeout_s
+
+        def wait() -> tuple[np.ndarray, dict[str, float]]:
+            start, deadline = time.perf_counter(), time.monotonic() + timeout_s
+            responses, owner = [], {}  # ObjectRef -> (objective, slice)
+            parts: list[list[np.ndarray | None]] = []
+            current = 0  # the objective a failure is charged to
+            try:
+                for current, handle in enumerate(self._handles):
+                    slices = ref.slices(self._replicas[current])
+                    parts.append([None] * len(slices))
+                    for j, part in enumerate(slices):
+                        responses.append(handle.remote(part))
+                        # Taken by a replica before the next slice is routed, so the handle counts it there
+                        # and sends the next to an idler one (slices routed at once all pick the same replica).
+                        owner[responses[-1]._to_object_ref_sync(_timeout_s=max(0.0, deadline - time.monotonic()))] = (current, j)
+                latency, pending = {}, list(owner)
+                while pending:
+                    done, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+                    if not done:
+                        current = owner[pending[0]][0]
+                        raise TimeoutError
+                    current, j = owner[done[0]]
+                    parts[current][j] = ray.get(done[0])
+                    if all(p is not None for p in parts[current]):
+                        latency[self.infos[current].label] = time.perf_counter() - start
+            except Exception as err:
+                for response in responses:
+                    response.cancel()
+                if isinstance(err, TimeoutError):
+                    raise timeout_error(specs[current], timeout_s) from None
+                raise replica_error(specs[current], err) from None
+            return np.stack([np.concatenate(p) for p in parts], axis=1), latency
 
         return wait
 

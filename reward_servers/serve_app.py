@@ -1,9 +1,10 @@
 """Ray Serve app that scores batches: one ``RewardDeployment`` per objective behind a ``RewardRouter``.
 
-The training driver reaches the router through a ``DeploymentHandle`` (``router.score``, Ray
-serialization) with a ``RewardRef``: the batch a rollout actor left in the object store, which the
-router fans out to every objective at once without fetching it (each replica reads the same object);
-a batch sent by value is put once first. An objective with ``R > 1`` replicas gets the batch in ``R``
+The training driver sends a ``RewardRef`` (the batch a rollout actor left in the object store)
+straight to every objective's deployment (``RewardClient``; one Serve hop fewer); everything else
+(a batch by value, an external server, HTTP) goes through the router, which fans a batch out to
+every objective at once without fetching it (each replica reads the same object); a batch sent by
+value is put once first. An objective with ``R > 1`` replicas gets the batch in ``R``
 slices, one request each, so every replica scores. The answers are stacked into
 ``[B, M]``; each objective's deployment merges concurrent requests with ``@serve.batch`` and scores
 them in one call. A failing or hung objective fails the request with a ``RewardServerError`` that
@@ -170,16 +171,13 @@ class RewardRouter:
 
     async def _answer(self, spec: RewardSpec, response) -> np.ndarray:
         """A routed request's scores, or a ``RewardServerError`` naming the objective."""
-        who = f"reward server {_who(spec)}"
         try:
             return await asyncio.wait_for(response, self.timeout_s)
         except asyncio.TimeoutError:
             response.cancel()
-            raise RewardServerError(f"{who} timed out after {self.timeout_s:g}s", spec.display) from None
+            raise timeout_error(spec, self.timeout_s) from None
         except Exception as err:
-            # Replica exceptions arrive wrapped in a RayTaskError; its ``cause`` is the reward's own error.
-            cause = getattr(err, "cause", None) or err
-            raise RewardServerError(f"{who} failed: {type(cause).__name__}: {cause}", spec.display) from None
+            raise replica_error(spec, err) from None
 
     async def describe(self) -> list[RewardInfo]:
         """The objectives' metadata, in config order."""
@@ -213,6 +211,26 @@ class RewardRouter:
         except RewardServerError as err:
             return JSONResponse({"error": str(err), "objective": err.objective}, status_code=503)
         return Response(encode_scores(scored.scores, labels or self.labels), media_type="application/octet-stream")
+
+
+def timeout_error(spec: RewardSpec, timeout_s: float) -> RewardServerError:
+    """The error of an objective that did not answer within ``timeout_s``."""
+    return RewardServerError(f"reward server {_who(spec)} timed out after {timeout_s:g}s", spec.display)
+
+
+def replica_error(spec: RewardSpec, err: BaseException) -> RewardServerError:
+    """The error of an objective whose request failed with ``err``, naming the objective."""
+    # Replica exceptions arrive wrapped in a RayTaskError; its ``cause`` is the reward's own error.
+    cause = getattr(err, "cause", None) or err
+    return RewardServerError(f"reward server {_who(spec)} failed: {type(cause).__name__}: {cause}", spec.display)
+
+
+def objective_handles(cfg: RewardsConfig, app_name: str) -> list[DeploymentHandle] | None:
+    """Handles of every objective's deployment in the app ``app_name``, in config order; None when an
+    objective is an external server (only the router reaches those)."""
+    if any(spec.url is not None for spec in cfg.objectives):
+        return None
+    return [serve.get_deployment_handle(deployment_name(spec.display), app_name) for spec in cfg.objectives]
 
 
 def _info_json(info: RewardInfo) -> dict[str, Any]:

@@ -87,26 +87,37 @@ def test_missing_prompts_are_rejected_at_submit(client):
         client.submit(RewardInputs(np.zeros((2, 2))))
 
 
-def test_failing_reward_is_retried_then_named(ray_serve, monkeypatch):
+def by_value(inputs: RewardInputs) -> RewardInputs:
+    return inputs
+
+
+def by_reference(inputs: RewardInputs) -> RewardRef:
+    """As the training loop sends a batch: the client then calls each objective's deployment itself."""
+    return RewardRef.of(inputs, ray.put(inputs))
+
+
+@pytest.mark.parametrize("send", [by_value, by_reference])
+def test_failing_reward_is_retried_then_named(ray_serve, monkeypatch, send):
     monkeypatch.setattr("reward_servers.client.BACKOFF_S", 0.01)
     boom = RewardSpec(name="fake_faulty", label="boom", args={"raise_error": True})
     cfg = RewardsConfig(objectives=[OBJECTIVES[0], boom], retries=1)
     with RewardClient(cfg, app_name="rewards_boom") as client:
         with pytest.raises(RewardServerError) as err:
-            client.score(batch(4, seed=1))
+            client.score(send(batch(4, seed=1)))
     assert str(err.value) == (
         "reward server 'boom' (fake_faulty) failed: ZeroDivisionError: bad batch (gave up after 2 attempts)"
     )
     assert err.value.objective == "boom"
 
 
-def test_hung_reward_times_out_named(ray_serve):
+@pytest.mark.parametrize("send", [by_value, by_reference])
+def test_hung_reward_times_out_named(ray_serve, send):
     slow = RewardSpec(name="fake_faulty", label="slow", args={"sleep_s": 3.0})
-    cfg = RewardsConfig(objectives=[slow], timeout_s=0.5, retries=0)
+    cfg = RewardsConfig(objectives=[OBJECTIVES[0], slow], timeout_s=0.5, retries=0)
     with RewardClient(cfg, app_name="rewards_slow") as client:
         start = time.monotonic()
         with pytest.raises(RewardServerError) as err:
-            client.score(batch(4, seed=2))
+            client.score(send(batch(4, seed=2)))
         assert time.monotonic() - start < 2.5
     assert str(err.value) == "reward server 'slow' (fake_faulty) timed out after 0.5s (gave up after 1 attempt)"
     assert err.value.objective == "slow"
@@ -133,7 +144,7 @@ def test_a_batch_is_split_over_an_objectives_replicas_and_gathered_in_order(ray_
     inputs = batch(16, seed=5)
     with RewardClient(cfg, app_name="rewards_split") as c:
         # By value, and by reference as the training loop sends it (the replicas read their slices).
-        for scores in (c.score(inputs), c.score(RewardRef.of(inputs, ray.put(inputs)))):
+        for scores in (c.score(inputs), c.score(by_reference(inputs))):
             pids = scores[:, 0]
             assert len(set(pids[:8])) == 1 and len(set(pids[8:])) == 1 and pids[0] != pids[8]  # both replicas scored
             np.testing.assert_array_equal(scores[:, 1], [len(p) for p in inputs.prompts])  # order kept
