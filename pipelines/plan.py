@@ -24,6 +24,9 @@ from reward_servers.registry import check_args
 
 SHIPPED_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "hub"
 """``<org>/<repo>/{transformer,vae}/config.json`` of the GPU presets' bases, copied from the hub."""
+UNITS = {"none": "", "batch_std": ", objectives in batch-std units",
+         "first_batch_std": ", objectives in units of the first batch's std"}
+"""How ``algorithm.reward_scale`` reads in the plan (early scalarisation only)."""
 
 
 @dataclass
@@ -152,7 +155,7 @@ def describe_plan(cfg: Config) -> str:
         f"{al.train_timesteps} timestep(s) each, {al.objective}, lr {lc.lr:g} "
         f"(preference x{lc.pref_lr_mult:g}), clip {lc.grad_clip:g}",
         f"  advantages: {al.scalarisation} scalarisation"
-        f"{', objectives in batch-std units' if al.scalarisation == 'early' and al.reward_scale == 'batch_std' else ''}"
+        f"{UNITS[al.reward_scale] if al.scalarisation == 'early' else ''}"
         f", divided by the {al.adv_std} std",
         "recipe as trained:",
         *(f"  {line}" for line in _recipe(cfg)),

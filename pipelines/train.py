@@ -48,6 +48,7 @@ from pipelines.evaluate import SampleFn, Sweep, eval_rewards_client, log_sweep, 
 from pipelines.pretrain import ensure_base
 from pipelines.plots import sample_figure
 from policies.batch import RolloutBatch, RolloutMeta, concat_batches
+from policies.objectives import reward_units
 from policies.preferences import plan_groups, simplex_grid, step_seed
 from policies.prompts import prompt_set
 from policies.train_step import batch_advantages, shard_requests
@@ -97,6 +98,9 @@ class LoopState:
     consumed: list[tuple[int, int, int]] = field(default_factory=list)
     """Group ids the learner has trained on, in order."""
     mlflow_run_id: str | None = None
+    first_units: list[float] | None = None
+    """``algorithm.reward_scale: first_batch_std``: each objective's std over the first trained batch,
+    the run's fixed reward units from then on."""
 
 
 class Trainer:
@@ -193,7 +197,8 @@ class Trainer:
     def _restore(self, step: int, blob: dict) -> None:
         self.state = LoopState(step=int(blob["loop"]["step"]), version=int(blob["loop"]["version"]),
                                consumed=[tuple(x) for x in blob["loop"]["consumed"].tolist()],
-                               mlflow_run_id=blob["loop"]["mlflow_run_id"] or None)
+                               mlflow_run_id=blob["loop"]["mlflow_run_id"] or None,
+                               first_units=blob["loop"].get("first_units"))
         self.learner.load_optimizer(self.run_dir / "checkpoints" / "learner", blob["loop"]["learner_tag"])
         self.learner.import_state(blob["weights"])
         self.restored_metrics = [tuple(m) for m in blob.get("metrics", [])]
@@ -207,7 +212,7 @@ class Trainer:
         save_checkpoint(self.run_dir, self.state.step, {
             "loop": {"step": self.state.step, "version": self.state.version, "consumed": consumed,
                      "mlflow_run_id": self.state.mlflow_run_id or "", "learner_tag": tag,
-                     "base": self.base_checkpoint},
+                     "base": self.base_checkpoint, "first_units": self.state.first_units},
             "weights": self.learner.export_state(),
             "metrics": list(self.tracker.staged),
         })
@@ -401,10 +406,14 @@ class Trainer:
         if work.staleness > cfg.loop.max_staleness:
             raise RuntimeError(f"batch of step {work.step} is {work.staleness} versions old "
                                f"(max_staleness={cfg.loop.max_staleness})")
+        al = cfg.algorithm
+        if al.reward_scale == "first_batch_std" and self.state.first_units is None:
+            # Steps are submitted in order, so this is the run's first step, whatever the actor count.
+            self.state.first_units = reward_units(scored.rewards, "batch_std").tolist()
+        first = None if self.state.first_units is None else torch.tensor(self.state.first_units)
         adv, lam = batch_advantages(scored.rewards, scored.preferences, scored.group_index,
-                                    self.rewards.directions, cfg.algorithm.scalarisation,
-                                    cfg.algorithm.adv_std, cfg.algorithm.reward_scale,
-                                    cfg.algorithm.smooth_temperature)
+                                    self.rewards.directions, al.scalarisation, al.adv_std, al.reward_scale,
+                                    al.smooth_temperature, first)
         seed = step_seed(cfg.loop.seed, work.step)
         requests = shard_requests([(c.offset, c.size, c.refs[2]) for c in work.chunks], cfg.learner.world_size,
                                   adv, lam, seed + torch.arange(len(scored)), seed)

@@ -49,19 +49,34 @@ def late_advantages(rewards: torch.Tensor, g: torch.Tensor, std: str = "group") 
     return group_normalise(rewards, g, std=std)
 
 
-def early_advantages(rewards: torch.Tensor, w: torch.Tensor, g: torch.Tensor, std: str = "group",
-                     scale: str = "none") -> torch.Tensor:
-    """Early scalarisation: normalise ``sum_m w_m r_m`` inside each group ``[B, 1]``.
+def reward_units(rewards: torch.Tensor, scale: str, first: torch.Tensor | None = None) -> torch.Tensor | None:
+    """``[M]`` the unit each objective is measured in before early scalarisation (None: raw rewards).
 
-    ``scale="batch_std"`` first divides each objective by its std over the batch, so ``w`` weighs
-    commensurate units (a distance ranging over 3 and a probability over 1 count alike) while the
-    trade-off's slopes survive: unlike per-objective group normalisation (late), where moving along
-    the front gives ``A_1 ~ -A_2`` and the slider jumps at ``w = 0.5``, each ``w`` keeps the point of the
-    front whose supporting line has slope ``w_1 / w_2``."""
+    ``batch_std``: its population std over this batch (+ ``ADV_EPS``); ``first_batch_std``: ``first``,
+    the std of the run's first batch, kept for the whole run (the base model's spread: a fixed unit,
+    where the batch's own std moves with the policy)."""
+    if scale == "none":
+        return None
     if scale == "batch_std":
-        rewards = rewards / (rewards.std(dim=0, unbiased=False, keepdim=True) + ADV_EPS)
-    elif scale != "none":
-        raise ValueError(f"algorithm.reward_scale must be one of ['none', 'batch_std'], got {scale!r}")
+        return rewards.std(dim=0, unbiased=False) + ADV_EPS
+    if scale == "first_batch_std":
+        if first is None:
+            raise ValueError("reward_scale='first_batch_std' needs the first batch's units")
+        return first.to(rewards.dtype)
+    raise ValueError(f"algorithm.reward_scale must be one of ['none', 'batch_std', 'first_batch_std'], got {scale!r}")
+
+
+def early_advantages(rewards: torch.Tensor, w: torch.Tensor, g: torch.Tensor, std: str = "group",
+                     units: torch.Tensor | None = None) -> torch.Tensor:
+    """Early scalarisation: normalise ``sum_m w_m r_m / u_m`` inside each group ``[B, 1]``.
+
+    ``units`` ``u [M]`` (see :func:`reward_units`; None: ``u = 1``) make ``w`` weigh commensurate
+    units (a distance ranging over 3 and a probability over 1 count alike) while the trade-off's
+    slopes survive: unlike per-objective group normalisation (late), where moving along the front
+    gives ``A_1 ~ -A_2`` and the slider jumps at ``w = 0.5``, each ``w`` keeps the point of the front
+    whose supporting line has slope ``w_1 u_2 / (w_2 u_1)``."""
+    if units is not None:
+        rewards = rewards / units
     return group_normalise((rewards * w).sum(dim=1, keepdim=True), g, std=std)
 
 
@@ -96,19 +111,20 @@ def smooth_tchebycheff_advantages(rewards: torch.Tensor, w: torch.Tensor, g: tor
 
 
 def advantage_terms(rewards: torch.Tensor, w: torch.Tensor, g: torch.Tensor, scalarisation: str,
-                    std: str = "group", scale: str = "none", mu: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+                    std: str = "group", units: torch.Tensor | None = None,
+                    mu: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
     """Advantages ``A [B, K]`` and the weights ``lambda [B, K]`` the loss applies to them.
 
     late: ``K = M`` and ``lambda = w``; early and (smooth) tchebycheff: ``K = 1`` and ``lambda = 1``.
-    ``std``: what the advantages are divided by (see :func:`group_normalise`); ``scale``: the early
-    scalarisation's per-objective scaling (see :func:`early_advantages`); ``mu``: the smooth
-    Tchebycheff temperature.
+    ``std``: what the advantages are divided by (see :func:`group_normalise`); ``units``: the early
+    scalarisation's per-objective units (see :func:`reward_units`); ``mu``: the smooth Tchebycheff
+    temperature.
     """
     if scalarisation == "late":
         return late_advantages(rewards, g, std), w
     ones = torch.ones(w.shape[0], 1, dtype=w.dtype)
     if scalarisation == "early":
-        return early_advantages(rewards, w, g, std, scale), ones
+        return early_advantages(rewards, w, g, std, units), ones
     if scalarisation == "tchebycheff":
         return tchebycheff_advantages(rewards, w, g, std), ones
     if scalarisation == "smooth_tchebycheff":

@@ -12,7 +12,7 @@ import torch
 
 from infra.config import AlgorithmConfig, SamplerConfig
 from policies.batch import Condition, RolloutBatch, concat_batches
-from policies.objectives import advantage_terms, grpo_loss, nft_loss, orient_rewards
+from policies.objectives import advantage_terms, grpo_loss, nft_loss, orient_rewards, reward_units
 from policies.policy import Policy
 from policies.samplers import SdeTrajectory, gaussian_log_prob, sde_step_mean_std
 
@@ -125,10 +125,13 @@ def shard_requests(parts: list[tuple[int, int, object]], ranks: int, advantages:
 
 
 def batch_advantages(rewards: torch.Tensor, w: torch.Tensor, group_index: torch.Tensor,
-                     directions: list[str], scalarisation: str,
-                     std: str = "group", scale: str = "none", mu: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
-    """Advantages and loss weights for a whole batch (see ``objectives.advantage_terms``)."""
-    return advantage_terms(orient_rewards(rewards, directions), w, group_index, scalarisation, std, scale, mu)
+                     directions: list[str], scalarisation: str, std: str = "group", scale: str = "none",
+                     mu: float = 0.1, first_units: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Advantages and loss weights for a whole batch (see ``objectives.advantage_terms``); ``scale`` and
+    ``first_units`` pick the early scalarisation's units (``objectives.reward_units``)."""
+    oriented = orient_rewards(rewards, directions)
+    units = reward_units(oriented, scale, first_units) if scalarisation == "early" else None
+    return advantage_terms(oriented, w, group_index, scalarisation, std, units, mu)
 
 
 def nft_noise(seeds: torch.Tensor, reps: int, shape: tuple[int, ...], dtype: torch.dtype,

@@ -27,10 +27,12 @@ class AlgorithmConfig(Strict):
     adv_std: Literal["group", "batch"] = "group"
     """Divide the group-centred rewards by the group's std (flow_grpo / DiffusionNFT default) or by the
     batch's (flow_grpo ``global_std``: a group whose samples score alike keeps advantage ~0)."""
-    reward_scale: Literal["none", "batch_std"] = "none"
-    """Early scalarisation only: ``batch_std`` divides each objective by its std over the batch before
-    the weighted sum, so ``w`` weighs commensurate units and the slider keeps the front's slopes
-    (``policies.objectives.early_advantages``)."""
+    reward_scale: Literal["none", "batch_std", "first_batch_std"] = "none"
+    """Early scalarisation only: the unit each objective is measured in before the weighted sum, so
+    ``w`` weighs commensurate units and the slider keeps the front's slopes
+    (``policies.objectives.early_advantages``). ``batch_std``: its std over each batch (a unit that
+    moves with the policy); ``first_batch_std``: its std over the run's first batch (the base model's
+    spread), fixed for the run and kept in the checkpoint."""
     fixed_preference: list[float] | None = None
     """Train every sample at this single ``w`` instead of sampling (fixed-weight baselines)."""
     adv_clip: float = Field(5.0, gt=0)

@@ -52,6 +52,9 @@ def test_crash_then_resume_trains_every_group_once(ray_local, tiny_base, tmp_pat
     from pipelines import train as train_mod
 
     cfg = tiny_cfg(tmp_path, tiny_base, steps=8, checkpoint_every=3)
+    # Early scalarisation in the first batch's units: the units are loop state the resume must keep.
+    cfg = cfg.model_copy(update={"algorithm": cfg.algorithm.model_copy(
+        update={"scalarisation": "early", "reward_scale": "first_batch_std"})})
     original = train_mod.Trainer.reward_metrics
 
     def crash_at_step_5(self, batch):
@@ -65,6 +68,7 @@ def test_crash_then_resume_trains_every_group_once(ray_local, tiny_base, tmp_pat
     step, blob = load_latest_checkpoint(cfg.run_dir)
     assert step == 3
     run_id = blob["loop"]["mlflow_run_id"]
+    first_units = blob["loop"]["first_units"]
     client = MlflowClient(cfg.tracking.tracking_uri)
     assert client.get_run(run_id).info.status == "FAILED"
 
@@ -77,6 +81,12 @@ def test_crash_then_resume_trains_every_group_once(ray_local, tiny_base, tmp_pat
     consumed = [tuple(x) for x in blob["loop"]["consumed"].tolist()]
     assert step == 8 and blob["loop"]["mlflow_run_id"] == run_id
     assert consumed == all_group_ids(cfg, 8) and len(set(consumed)) == len(consumed)
+    # The units are the std of the first step's rewards (as logged), kept across the resume; float32
+    # scores: their std agrees to ~1e-6 relative.
+    assert blob["loop"]["first_units"] == first_units
+    for label, unit in zip(("target_a", "target_b"), first_units, strict=True):
+        logged = [m.value for m in client.get_metric_history(run_id, f"reward_std/{label}") if m.step == 1]
+        assert logged and unit == pytest.approx(logged[0] + 1e-4, rel=1e-5)
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     steps = sorted(m.step for m in client.get_metric_history(run_id, "reward/target_a"))

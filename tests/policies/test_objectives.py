@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from policies.objectives import (advantage_terms, early_advantages, ema_update, grpo_loss, group_normalise, late_advantages,
-                                 nft_loss, nft_reward_weight, nft_x0_losses, old_policy_decay, orient_rewards)
+                                 nft_loss, nft_reward_weight, nft_x0_losses, old_policy_decay, orient_rewards,
+                                 reward_units)
 
 
 def numpy_group_adv(r: np.ndarray, g: np.ndarray) -> np.ndarray:
@@ -61,7 +62,8 @@ def test_early_advantages_with_batch_std_weigh_commensurate_units():
     r = rng.normal(size=(12, 2)) * [1.0, 30.0]  # the second objective's raw scale is 30x the first's
     w = np.tile([0.5, 0.5], (12, 1))
     g = np.repeat(np.arange(2), 6)
-    got = early_advantages(torch.tensor(r), torch.tensor(w), torch.tensor(g), scale="batch_std").numpy()
+    rt = torch.tensor(r)
+    got = early_advantages(rt, torch.tensor(w), torch.tensor(g), units=reward_units(rt, "batch_std")).numpy()
     unit = r / r.std(0)  # numpy: each objective in units of its own batch std
     np.testing.assert_allclose(got, numpy_group_adv((unit * w).sum(1, keepdims=True), g), atol=1e-3)
     # Unscaled, the large objective decides alone; scaled, the two count alike.
@@ -69,7 +71,26 @@ def test_early_advantages_with_batch_std_weigh_commensurate_units():
     assert np.corrcoef(raw, numpy_group_adv(r[:, 1:], g)[:, 0])[0, 1] > 0.99
     assert np.corrcoef(got[:, 0], numpy_group_adv(unit[:, :1], g)[:, 0])[0, 1] > 0.3
     with pytest.raises(ValueError, match="reward_scale"):
-        early_advantages(torch.tensor(r), torch.tensor(w), torch.tensor(g), scale="range")
+        reward_units(rt, "range")
+
+
+def test_first_batch_std_units_stay_fixed_while_batch_std_units_move():
+    rng = np.random.default_rng(3)
+    first = rng.normal(size=(16, 2)) * [0.2, 3.0]
+    later = rng.normal(size=(16, 2)) * [0.2, 30.0]  # the policy spread the second objective 10x
+    units = reward_units(torch.tensor(first), "batch_std")
+    np.testing.assert_allclose(units.numpy(), first.std(0) + 1e-4, rtol=1e-12)
+    kept = reward_units(torch.tensor(later), "first_batch_std", units)
+    assert torch.equal(kept, units)
+    np.testing.assert_allclose(reward_units(torch.tensor(later), "batch_std").numpy(), later.std(0) + 1e-4, rtol=1e-12)
+    # In fixed units a w keeps weighing the same raw trade-off: the group ranks by r1 / u1 + r2 / u2.
+    w = np.full((16, 2), 0.5)
+    g = np.repeat(np.arange(2), 8)
+    got = early_advantages(torch.tensor(later), torch.tensor(w), torch.tensor(g), units=kept).numpy()
+    expected = numpy_group_adv((later / (first.std(0) + 1e-4) * w).sum(1, keepdims=True), g)
+    np.testing.assert_allclose(got, expected, rtol=1e-9)
+    with pytest.raises(ValueError, match="first batch"):
+        reward_units(torch.tensor(later), "first_batch_std")
 
 
 def test_orient_rewards_flips_min_objectives():
@@ -177,7 +198,7 @@ def test_batch_std_units_keep_the_fronts_slopes_where_late_scalarisation_jumps_a
 
     # Batch-std units: each segment switches where w1 / w2 meets its slope in those units (steeper
     # segments later), so every vertex is some w's choice and the slider walks through them.
-    early = switch_points("early", scale="batch_std")
+    early = switch_points("early", units=reward_units(r, "batch_std"))
     assert early[0] < early[1] < early[2] and early[0] <= 0.3 and early[2] >= 0.65
     # Per-group normalisation: every segment switches at w1 ~ 0.5, whatever its slope.
     assert all(0.45 <= x <= 0.6 for x in switch_points("late"))
