@@ -64,6 +64,20 @@ def preference_for_group(num_objectives: int, mix: PreferenceMix, seed: int) -> 
     return sample_preference(num_objectives, mix, np.random.default_rng(seed))
 
 
+def slot_preference(num_objectives: int, mix: PreferenceMix, base_seed: int, epoch: int, prompt_idx: int,
+                    slot: int, antithetic: bool) -> np.ndarray:
+    """The ``w`` of slot ``slot`` of a prompt: its own draw, or (``antithetic``) the draw of the first slot
+    of its bundle of ``M`` consecutive slots with the coordinates rotated by the slot's place in the
+    bundle: two objectives give ``w`` and ``1 - w`` for the same prompt, so the prompt's groups pull the
+    shared weights along the trade-off in opposite directions and only the preference modules can
+    tell them apart."""
+    if not antithetic:
+        return preference_for_group(num_objectives, mix, group_seed(base_seed, epoch, prompt_idx, slot))
+    first = slot - slot % num_objectives
+    w = preference_for_group(num_objectives, mix, group_seed(base_seed, epoch, prompt_idx, first))
+    return np.roll(w, slot % num_objectives)
+
+
 def simplex_grid(num_objectives: int, points_per_edge: int) -> np.ndarray:
     """All ``w`` on the simplex lattice with spacing ``1 / (points_per_edge - 1)``.
 
@@ -104,7 +118,7 @@ def plan_groups(cfg: Config, step: int) -> list[GroupSpec]:
             if cfg.algorithm.fixed_preference is not None:
                 w = np.asarray(cfg.algorithm.fixed_preference, dtype=np.float64)
             else:
-                w = preference_for_group(cfg.num_objectives, mix, seed)
+                w = slot_preference(cfg.num_objectives, mix, cfg.loop.seed, step, p, k, pc.antithetic)
             groups.append(GroupSpec(epoch=step, prompt_idx=p, slot=k, seed=seed,
                                     preference=tuple(float(x) for x in w), prompt=record.prompt,
                                     source_image=record.source_image))

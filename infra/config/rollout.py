@@ -22,6 +22,10 @@ class PreferenceConfig(Strict):
     """Three or more objectives: probability of an edge point (Dirichlet on a random pair)."""
     dirichlet_alpha: float = Field(1.0, gt=0)
     """Concentration of the Dirichlet draws; the rest (1 - vertex - edge) is interior."""
+    antithetic: bool = False
+    """Slots of one prompt share a draw, its coordinates rotated slot by slot (two objectives: ``w``
+    and ``1 - w``; ``slots_per_prompt`` a multiple of the number of objectives keeps every bundle
+    whole), instead of independent draws."""
 
     @model_validator(mode="after")
     def _mix_sums(self) -> PreferenceConfig:

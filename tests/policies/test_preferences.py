@@ -2,7 +2,9 @@
 
 import numpy as np
 
-from policies.preferences import PreferenceMix, group_seed, preference_for_group, sample_preference, simplex_grid
+from conftest import tiny_cfg
+from policies.preferences import (PreferenceMix, group_seed, plan_groups, preference_for_group, sample_preference,
+                                 simplex_grid, slot_preference)
 
 
 def test_two_objective_mix_has_corners_and_interior():
@@ -37,3 +39,28 @@ def test_simplex_grid():
     assert g2.shape == (11, 2) and np.allclose(g2[:, 0], np.linspace(0, 1, 11))
     g3 = simplex_grid(3, 11)
     assert g3.shape == (66, 3) and np.allclose(g3.sum(1), 1)
+
+
+def test_antithetic_slots_rotate_one_draw_per_bundle(tmp_path):
+    mix = PreferenceMix()
+    # Two objectives: slot 1 is 1 - w of slot 0's own draw; slot 2 starts the next bundle with its own draw.
+    w0 = preference_for_group(2, mix, group_seed(7, 3, 5, 0))
+    assert np.array_equal(slot_preference(2, mix, 7, 3, 5, 0, antithetic=True), w0)
+    assert np.array_equal(slot_preference(2, mix, 7, 3, 5, 1, antithetic=True), w0[::-1])
+    assert np.array_equal(slot_preference(2, mix, 7, 3, 5, 2, antithetic=True),
+                          preference_for_group(2, mix, group_seed(7, 3, 5, 2)))
+    # Three objectives: each slot of the bundle puts the first draw's weights on other objectives.
+    v0 = preference_for_group(3, mix, group_seed(7, 3, 5, 0))
+    bundle = [slot_preference(3, mix, 7, 3, 5, k, antithetic=True) for k in range(3)]
+    assert [list(b) for b in bundle] == [list(v0), [v0[2], v0[0], v0[1]], [v0[1], v0[2], v0[0]]]
+    assert np.allclose(sum(bundle), v0.sum())  # every objective gets every weight once per bundle
+    # Off, every slot draws alone (the paper's sampling, bit for bit).
+    assert np.array_equal(slot_preference(2, mix, 7, 3, 5, 1, antithetic=False),
+                          preference_for_group(2, mix, group_seed(7, 3, 5, 1)))
+    # In a step's plan: the two slots of each prompt mirror each other; the noise seeds stay per slot.
+    cfg = tiny_cfg(tmp_path, "base.pt")
+    cfg = cfg.model_copy(update={"preferences": cfg.preferences.model_copy(update={"antithetic": True})})
+    groups = plan_groups(cfg, 4)
+    for a, b in zip(groups[::2], groups[1::2], strict=True):
+        assert a.prompt_idx == b.prompt_idx and (a.slot, b.slot) == (0, 1) and a.seed != b.seed
+        assert b.preference == a.preference[::-1]
