@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from pydantic import ValidationError
 from rich.console import Console
 
 from infra.checkpoint import atomic_write_text, load_latest_checkpoint
@@ -91,6 +92,18 @@ def training_view(tree: dict) -> dict:
     return {k: v for k, v in tree.items() if k not in ("evaluation", "compare")}
 
 
+def same_training(saved: dict, cfg: Config) -> bool:
+    """Whether a run_dir's saved config tree trains what ``cfg`` trains. The saved tree is read through
+    today's schema first, so a field added since it was written counts at its default (runs cached
+    before a new option stay reusable while the option is off); a key the schema no longer has makes
+    it another config."""
+    try:
+        saved = Config.model_validate(saved).model_dump(mode="json")
+    except ValidationError:
+        return False
+    return training_view(saved) == training_view(cfg.model_dump(mode="json"))
+
+
 def ensure_trained(run: TrainingRun, progress: bool) -> None:
     """Train ``run`` unless its run_dir already holds the finished model (resume a partial one).
 
@@ -99,8 +112,7 @@ def ensure_trained(run: TrainingRun, progress: bool) -> None:
     cfg = run.cfg
     found = load_latest_checkpoint(cfg.run_dir)
     if found is not None:
-        saved = yaml.safe_load((Path(cfg.run_dir) / "config.yaml").read_text())
-        if training_view(saved) != training_view(cfg.model_dump(mode="json")):
+        if not same_training(yaml.safe_load((Path(cfg.run_dir) / "config.yaml").read_text()), cfg):
             raise FileExistsError(f"'{cfg.run_dir}' was trained with another config; delete it or change 'name' "
                              "to compare with the new settings")
         if found[0] >= cfg.loop.steps:

@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import TINY_MODEL
 from infra.config import Config
-from pipelines.compare import markdown_table, matched, seed_spreads, soup_state, training_runs
+from pipelines.compare import markdown_table, matched, same_training, seed_spreads, soup_state, training_runs
 from pipelines.evaluate import FrontPoints
 
 
@@ -42,6 +42,22 @@ def test_training_runs_share_the_budget_and_differ_only_where_they_should(tmp_pa
     assert runs[3].cfg.algorithm.fixed_preference == [0.5, 0.5] and runs[3].cfg.algorithm.scalarisation == "early"
     soups_only = compare_cfg(tmp_path, "base.pt", methods=["soups"], fixed_points_per_edge=5)
     assert [r.key for r in training_runs(soups_only, 0)] == ["fixed_w0.00-1.00", "fixed_w1.00-0.00"]
+
+
+def test_a_cached_run_is_reused_only_for_the_same_training(tmp_path):
+    cfg = compare_cfg(tmp_path, "base.pt")
+    saved = cfg.model_dump(mode="json")
+    assert same_training(saved, cfg)
+    # Evaluation and comparison settings do not change what was trained.
+    assert same_training({**saved, "evaluation": {"points_per_edge": 5}}, cfg)
+    # A run written before an option existed (its key absent) is that option at its default ...
+    del saved["preferences"]["antithetic"]
+    assert same_training(saved, cfg)
+    # ... and not the option switched on.
+    on = cfg.model_copy(update={"preferences": cfg.preferences.model_copy(update={"antithetic": True})})
+    assert not same_training(saved, on)
+    assert not same_training({**saved, "learner": {**saved["learner"], "lr": 1.0}}, cfg)
+    assert not same_training({**saved, "loop": {**saved["loop"], "stepz": 3}}, cfg)  # a key the schema lacks
 
 
 def test_soup_is_the_weighted_sum_of_states():
