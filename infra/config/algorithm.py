@@ -15,11 +15,14 @@ class AlgorithmConfig(Strict):
 
     objective: Literal["nft", "grpo"] = "nft"
     """``nft``: DiffusionNFT (paper default, ODE samples); ``grpo``: Flow-GRPO (needs sde sampler)."""
-    scalarisation: Literal["late", "early", "tchebycheff", "smooth_tchebycheff"] = "late"
-    """``late``: per-objective group-normalised advantages weighted by w (ParetoSlider);
+    scalarisation: Literal["late", "early", "tchebycheff", "smooth_tchebycheff"] = "tchebycheff"
+    """``tchebycheff`` (default): ``-max_m w_m (1 - r~_m)`` on batch-range-normalised rewards, the one
+    candidate that beat fixed-weight models with a slider that moves on every toy front (reaches concave
+    fronts; docs/evaluation.md, Candidate recipes);
+    ``late``: per-objective group-normalised advantages weighted by w (the ParetoSlider paper; a switch
+    between the ends on the toy fronts, kept by the GPU presets that reproduce the paper);
     ``early``: reward = weighted sum, normalised once (fixed-weight baselines; with ``reward_scale:
     batch_std`` also the slider of ``configs/shapes_edit.yaml``);
-    ``tchebycheff``: ``-max_m w_m (1 - r~_m)`` on batch-range-normalised rewards (reaches concave fronts);
     ``smooth_tchebycheff``: its log-sum-exp relaxation at temperature ``smooth_temperature``."""
     smooth_temperature: float = Field(0.1, gt=0)
     """``mu`` of smooth Tchebycheff: ``-mu log sum_m exp(w_m (1 - r~_m) / mu)`` (-> Tchebycheff as mu -> 0,

@@ -31,14 +31,14 @@ def compare_cfg(tmp_path, base, **compare) -> Config:
 
 
 def test_training_runs_share_the_budget_and_differ_only_where_they_should(tmp_path):
-    cfg = compare_cfg(tmp_path, "base.pt", variants=[{"name": "cheb", "overrides": ["algorithm.scalarisation=tchebycheff"]}])
+    cfg = compare_cfg(tmp_path, "base.pt", variants=[{"name": "paper", "overrides": ["algorithm.scalarisation=late"]}])
     runs = training_runs(cfg, seed=2)
-    assert [r.key for r in runs] == ["slider", "cheb", "fixed_w0.00-1.00", "fixed_w0.50-0.50", "fixed_w1.00-0.00"]
+    assert [r.key for r in runs] == ["slider", "paper", "fixed_w0.00-1.00", "fixed_w0.50-0.50", "fixed_w1.00-0.00"]
     for r in runs:
         assert r.cfg.loop.steps == 3 and r.cfg.loop.seed == 2
         assert r.cfg.rollout == cfg.rollout and r.cfg.preferences == cfg.preferences
         assert r.cfg.run_dir == str(tmp_path / "results" / "cmp" / "seed2" / r.key)
-    assert runs[1].cfg.algorithm.scalarisation == "tchebycheff" and runs[0].cfg.algorithm.scalarisation == "late"
+    assert runs[0].cfg.algorithm.scalarisation == "tchebycheff" and runs[1].cfg.algorithm.scalarisation == "late"
     assert runs[3].cfg.algorithm.fixed_preference == [0.5, 0.5] and runs[3].cfg.algorithm.scalarisation == "early"
     soups_only = compare_cfg(tmp_path, "base.pt", methods=["soups"], fixed_points_per_edge=5)
     assert [r.key for r in training_runs(soups_only, 0)] == ["fixed_w0.00-1.00", "fixed_w1.00-0.00"]
@@ -125,12 +125,12 @@ def test_seed_spread_per_point_and_as_a_share_of_each_objective_range():
 def test_compare_end_to_end_on_local_ray(ray_local, tiny_base, tmp_path):
     from pipelines.compare import compare
 
-    cfg = compare_cfg(tmp_path, tiny_base, variants=[{"name": "cheb", "overrides": ["algorithm.scalarisation=tchebycheff"]}])
+    cfg = compare_cfg(tmp_path, tiny_base, variants=[{"name": "paper", "overrides": ["algorithm.scalarisation=late"]}])
     cfg.rewards.backend = "local"  # six Serve deployments would double the run time; test_train covers Serve
     summary = compare(cfg, [0], progress=False)
     out = tmp_path / "results" / "cmp"
     table = pq.read_table(out / "comparison.parquet").to_pylist()
-    assert [r["method"] for r in table] == ["slider", "cheb", "soups", "fixed", "base"]
+    assert [r["method"] for r in table] == ["slider", "paper", "soups", "fixed", "base"]
     by = {r["method"]: r for r in table}
     assert by["slider"]["hv_ratio_to_slider"] == pytest.approx(1.0)
     assert by["fixed"]["training_runs"] == 3 and by["soups"]["training_runs"] == 2
