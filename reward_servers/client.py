@@ -30,7 +30,8 @@ BACKOFF_S = 0.5
 
 ROUTER_GRACE_S = 5.0
 """Extra wait for the router beyond ``timeout_s``: the router times each objective out itself and
-names it, so the driver's own timeout only fires when the router is stuck."""
+names it, so the driver's own timeout only fires when the router is stuck (or, on the first call,
+while a freshly deployed handle resolves on a loaded machine)."""
 
 
 class PendingScores:
@@ -78,7 +79,8 @@ class RewardClient:
             self._handles = objective_handles(cfg, app_name)
             self._replicas = [spec.num_replicas or cfg.num_replicas for spec in cfg.objectives]
             try:
-                self.infos: list[RewardInfo] = self._router.describe.remote().result(timeout_s=cfg.timeout_s)
+                self.infos: list[RewardInfo] = self._router.describe.remote().result(
+                    timeout_s=cfg.timeout_s + ROUTER_GRACE_S)
             except Exception as err:
                 # An external reward server (an objective's url) that is down or serves other objectives.
                 shutdown_rewards(app_name)
